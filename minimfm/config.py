@@ -1,0 +1,212 @@
+"""One dataclass holds every setting; presets are named sets of defaults; every field is a CLI flag.
+
+The flags are generated from the dataclass (name, type, help text, accepted values), so the command line and
+the code never drift apart. `--n-layer banana` and `--mode foo` exit with one line naming the flag and the
+accepted values.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+
+
+def _f(default, help: str, choices: tuple | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class Config:
+    # what to train
+    dataset: str = _f("mnist", "dataset to train on", ("mnist", "cifar10"))
+    mode: str = _f("ar", "how images are generated: autoregressive codes, masked codes, or diffusion on latents",
+                   ("ar", "masked", "diffusion"))
+    preset: str = _f("tiny", "the preset these defaults came from (set by --preset)",
+                     ("smoke", "tiny", "small", "full"))
+    data_root: str = _f("data", "folder holding (or receiving) the datasets")
+    runs_dir: str = _f("runs", "folder for tokenizers, judges and training runs")
+    run_name: str = _f("", "name of the run folder under runs_dir (default: <dataset>-<mode>-<preset>)")
+    seed: int = _f(0, "random seed for data order, captions, initialisation and sampling")
+    device: str = _f("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
+    threads: int = _f(0, "torch CPU threads (0 = torch's default)")
+    limit_train: int = _f(0, "use only the first N training images (0 = all); for quick experiments")
+
+    # the shared transformer
+    d_model: int = _f(192, "transformer width")
+    n_layer: int = _f(4, "number of transformer blocks")
+    n_head: int = _f(4, "attention heads (d_model must be divisible by it)")
+    mlp_ratio: int = _f(4, "MLP hidden size as a multiple of d_model")
+    dropout: float = _f(0.0, "dropout on attention and MLP outputs")
+
+    # sequences
+    t2i_ratio: float = _f(0.5, "fraction of training sequences in text-to-image order (rest: image-to-text)")
+    caption_dropout: float = _f(0.1, "probability of dropping the caption of a text-to-image sequence (for CFG)")
+    text_loss_weight: float = _f(1.0, "weight of the next-token loss on text positions")
+    image_loss_weight: float = _f(1.0, "weight λ of the image loss (Transfusion uses 5 for diffusion)")
+
+    # optimisation
+    batch_size: int = _f(64, "sequences per optimiser step (global, across processes)")
+    max_steps: int = _f(2000, "optimiser steps")
+    lr: float = _f(1e-3, "peak learning rate (AdamW)")
+    min_lr: float = _f(1e-4, "learning rate at the end of the cosine decay")
+    warmup_steps: int = _f(100, "linear warm-up steps")
+    weight_decay: float = _f(0.05, "AdamW weight decay (not applied to norms, biases and embeddings)")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this value (0 = off)")
+    ema: float = _f(0.0, "EMA decay of the weights used for sampling (0 = off, e.g. 0.999)")
+    log_every: int = _f(25, "steps between metrics-log lines")
+    sample_every: int = _f(500, "steps between sample grids written to the run folder (0 = off)")
+    ckpt_every: int = _f(500, "steps between checkpoints (one is always written at the end)")
+    compile: bool = _f(False, "torch.compile the transformer (GPU; slow to start on CPU)")
+
+    # discrete image tokenizer (ar, masked)
+    vq_codebook_size: int = _f(256, "number of VQ codes")
+    vq_code_dim: int = _f(32, "dimension of each VQ code vector")
+    vq_steps: int = _f(1500, "VQ tokenizer training steps")
+    # continuous image latents (diffusion)
+    latent_kind: str = _f("ae", "diffusion latents: raw pixel patches or a small conv autoencoder", ("patch", "ae"))
+    latent_channels: int = _f(4, "channels of the autoencoder latent grid")
+    ae_steps: int = _f(1500, "autoencoder training steps")
+    tokenizer_batch_size: int = _f(128, "batch size for tokenizer and judge training")
+    tokenizer_lr: float = _f(2e-3, "learning rate for tokenizer and judge training")
+    judge_steps: int = _f(1500, "judge classifier training steps")
+
+    # masked mode (Show-o / MaskGIT)
+    mask_schedule: str = _f("cosine", "fraction of codes masked as a function of time",
+                            ("cosine", "linear", "sqrt"))
+    mask_steps: int = _f(8, "T: parallel decoding steps when sampling")
+    # diffusion mode (Transfusion)
+    objective: str = _f("flow", "DDPM ε-prediction (cosine schedule) or rectified flow (velocity)",
+                        ("ddpm", "flow"))
+    patch_encoder: str = _f("linear", "image input/output layers: linear, or a small conv U-Net down/up",
+                            ("linear", "conv"))
+    time_cond: str = _f("add", "timestep conditioning: added to image positions (Transfusion) or adaLN-Zero (DiT)",
+                        ("add", "adaln"))
+    image_attention: str = _f("bidirectional", "attention inside an image (causal is the ablation)",
+                              ("bidirectional", "causal"))
+    diffusion_steps: int = _f(25, "S: denoising steps when sampling")
+    i2t_noise_limit: bool = _f(True, "for image-then-caption sequences, noise at most half the schedule")
+
+    # sampling
+    temperature: float = _f(1.0, "sampling temperature for codes and text")
+    top_k: int = _f(0, "sample codes from the k most likely only (0 = off)")
+    top_p: float = _f(1.0, "nucleus sampling: smallest set of codes with this probability mass (1 = off)")
+    cfg_scale: float = _f(3.0, "classifier-free guidance scale s: logits = cond + s·(cond − uncond); 0 = off")
+
+    # evaluation
+    eval_samples: int = _f(500, "generated images per evaluation (split evenly over the classes)")
+    eval_captions: int = _f(500, "test images captioned per evaluation")
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value, choices = getattr(self, f.name), f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"--{_flag(f.name)}: '{value}' is not one of {', '.join(choices)}")
+        positive = ("d_model", "n_layer", "n_head", "mlp_ratio", "batch_size", "max_steps", "vq_codebook_size",
+                    "vq_code_dim", "latent_channels", "mask_steps", "diffusion_steps", "tokenizer_batch_size")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{_flag(name)}: must be positive, got {getattr(self, name)}")
+        for name in ("t2i_ratio", "caption_dropout", "dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"--{_flag(name)}: must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"--ema: must be in [0, 1), got {self.ema}")
+        if self.d_model % self.n_head:
+            raise ConfigError(f"--d-model {self.d_model} is not divisible by --n-head {self.n_head}")
+
+    @property
+    def name(self) -> str:
+        return self.run_name or f"{self.dataset}-{self.mode}-{self.preset}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message is one line naming the flag."""
+
+
+# --------------------------------------------------------------------------------------------- presets
+# Each preset states its hardware, wall time and the result to expect; the README table has the measured ones.
+PRESETS: dict[str, dict] = {
+    # CI and notebooks under nbval: seconds on 2 CPU cores, numbers meaningless
+    "smoke": dict(d_model=32, n_layer=1, n_head=2, batch_size=16, max_steps=20, warmup_steps=2, log_every=5,
+                  sample_every=0, ckpt_every=10, vq_codebook_size=32, vq_code_dim=8, vq_steps=30, ae_steps=30,
+                  judge_steps=30, tokenizer_batch_size=32, eval_samples=20, eval_captions=20, limit_train=2000,
+                  mask_steps=4, diffusion_steps=5),
+    # 2 CPU cores, tokenizers ~5 min once, ~15-20 min per mode: MNIST prompted accuracy >= 0.9 (README table)
+    "tiny": dict(),
+    # one GPU (an H100 / A100 / 4090 class card), ~10 min per mode on MNIST, ~30 min on CIFAR-10
+    "small": dict(d_model=384, n_layer=8, n_head=6, batch_size=256, max_steps=10000, lr=6e-4, warmup_steps=500,
+                  ema=0.999, vq_codebook_size=512, vq_steps=5000, ae_steps=5000, judge_steps=4000,
+                  tokenizer_batch_size=256, eval_samples=2000, eval_captions=2000, sample_every=2000,
+                  ckpt_every=2000),
+    # paper-shaped: 8 GPUs with torchrun, hours; conv patch encoder and adaLN as in the papers' best settings
+    "full": dict(d_model=768, n_layer=16, n_head=12, batch_size=512, max_steps=100000, lr=3e-4,
+                 warmup_steps=2000, ema=0.9999, patch_encoder="conv", image_loss_weight=5.0,
+                 vq_codebook_size=1024, vq_steps=20000, ae_steps=20000, judge_steps=8000,
+                 tokenizer_batch_size=512, eval_samples=10000, eval_captions=10000, sample_every=5000,
+                 ckpt_every=5000),
+}
+
+
+def make_config(preset: str = "tiny", **overrides) -> Config:
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset: '{preset}' is not one of {', '.join(PRESETS)}")
+    return Config(**{**PRESETS[preset], **overrides, "preset": preset})
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Add `--preset` and one `--field-name` flag per Config field (default None = keep the preset's value)."""
+    parser.add_argument("--preset", default="tiny", choices=list(PRESETS),
+                        help="set of defaults: smoke (CI seconds), tiny (2 CPU cores), small (1 GPU), full")
+    defaults = Config()
+    for f in fields(Config):
+        if f.name == "preset" or f.name in skip:
+            continue
+        kind = {"int": int, "float": float, "bool": _bool, "str": str}[
+            f.type if isinstance(f.type, str) else f.type.__name__]
+        choices = f.metadata.get("choices")
+        help_text = f"{f.metadata['help']} (tiny: {getattr(defaults, f.name)})"
+        parser.add_argument(f"--{_flag(f.name)}", dest=f.name, type=kind, default=None, choices=choices,
+                            metavar=("{" + ",".join(choices) + "}") if choices else kind.__name__.upper()
+                            if kind is not _bool else "BOOL", help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = {f.name: getattr(args, f.name) for f in fields(Config)
+                 if f.name != "preset" and getattr(args, f.name, None) is not None}
+    return make_config(args.preset, **overrides)
+
+
+def preset_from_env() -> str:
+    """The notebooks' preset: $MINIMFM_PRESET if set (CI uses smoke), else small on a GPU and tiny on a CPU."""
+    import os
+
+    import torch
+    preset = os.environ.get("MINIMFM_PRESET") or ("small" if torch.cuda.is_available() else "tiny")
+    if preset not in PRESETS:
+        raise ConfigError(f"MINIMFM_PRESET: '{preset}' is not one of {', '.join(PRESETS)}")
+    return preset

@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from minimfm import commands
         return getattr(commands, args.command)(args) or 0
-    except (ConfigError, CheckpointError, DatasetMissingError, UnknownWordError, NotBuiltError) as e:
+    except (ConfigError, CheckpointError, DatasetMissingError, UnknownWordError, NotBuiltError,
+            FileNotFoundError, ValueError) as e:
         print(f"minimfm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

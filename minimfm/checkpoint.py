@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -45,10 +46,13 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None, dataset: s
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable minimfm checkpoint ({first[:120]})") from None
+        with warnings.catch_warnings():  # torch warns about old pickle protocols before failing; the error says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        why = "holds objects other than tensors and plain data" if isinstance(e, pickle.UnpicklingError) \
+            else "truncated or corrupt file"
+        raise CheckpointError(f"{path} is not a readable minimfm checkpoint ({why}: {type(e).__name__})") from None
     if not isinstance(obj, dict) or "kind" not in obj:
         raise CheckpointError(f"{path} is not a minimfm checkpoint (no 'kind' field)")
     if kind is not None and obj["kind"] != kind:

@@ -27,16 +27,81 @@ def tokenizer(args) -> int:
 
 
 def train(args) -> int:
-    raise NotBuiltError("`train` needs a generation mode; it arrives with the autoregressive mode (issue 5)")
+    from minimfm.train import train as run_training
+    cfg = config_from_args(args)
+    run = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
+    print(f"wrote {run}/ckpt.pt, {run}/metrics.jsonl, {run}/loss.png and samples in {run}/samples/")
+    print(f"next: python -m minimfm evaluate --ckpt {run}/ckpt.pt")
+    return 0
+
+
+def _sampling_kwargs(model, args) -> dict:
+    return {} if args.steps is None else {"steps": args.steps}
 
 
 def sample(args) -> int:
-    raise NotBuiltError("`sample` arrives with the first generation mode (issue 5)")
+    import torch
+    from pathlib import Path
+    from minimfm.runs import load_model
+    model = load_model(args.ckpt, args.device)
+    if args.prompt is not None:
+        prompts = [args.prompt]
+    else:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts file not found: {path}")
+        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    prompts = [p for p in prompts for _ in range(args.n)]
+    images = model.generate_images(prompts, cfg_scale=args.cfg_scale, seed=args.seed,
+                                   **_sampling_kwargs(model, args))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".pt":
+        torch.save({"images": images.float().cpu(), "prompts": prompts}, out)
+    elif out.suffix == ".png":
+        from minimfm.viz import save_image_grid
+        save_image_grid(images.cpu(), out, prompts, ncols=min(8, max(args.n, 1)))
+    else:
+        raise ValueError(f"--out must end in .png or .pt, got '{out.name}'")
+    print(f"wrote {len(prompts)} images to {out} ({model.last_nfe} transformer evaluations per image)")
+    return 0
 
 
 def caption(args) -> int:
-    raise NotBuiltError("`caption` arrives with the first generation mode (issue 5)")
+    import torch
+    from pathlib import Path
+    from minimfm.runs import load_model
+    model = load_model(args.ckpt, args.device)
+    path = Path(args.images)
+    if not path.is_file():
+        raise FileNotFoundError(f"images file not found: {path}")
+    if path.suffix == ".pt":
+        images = torch.load(path, weights_only=True)["images"]
+    else:
+        from torchvision.io import ImageReadMode, decode_image
+        from torchvision.transforms.functional import resize
+        mode = ImageReadMode.GRAY if model.cfg.dataset == "mnist" else ImageReadMode.RGB
+        size = model.image_tokenizer.image_size if hasattr(model.image_tokenizer, "image_size") else 4 * model.grid[0]
+        images = resize(decode_image(str(path), mode=mode).float().div(255), [size, size])[None]
+    for i, text in enumerate(model.caption(images)):
+        print(f"{i}: {text}")
+    return 0
 
 
 def evaluate(args) -> int:
-    raise NotBuiltError("`evaluate` arrives with the first generation mode (issue 5)")
+    import json
+    from minimfm.evaluate import evaluate as run_evaluation, format_results
+    from minimfm.runs import load_model
+    from minimfm.tokenizers.store import get_tokenizer
+    model = load_model(args.ckpt, args.device)
+    judge = get_tokenizer(model.cfg, "judge")
+    n = args.n or model.cfg.eval_samples
+    results = run_evaluation(model, judge, n_samples=n, n_captions=min(n, model.cfg.eval_captions),
+                             cfg_scale=args.cfg_scale, steps=args.steps, seed=args.seed)
+    results["ckpt"] = str(args.ckpt)
+    print(format_results(results))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,110 @@
+"""Evaluation with the judge: does the image show what the prompt asked for, and can the model read images?
+
+Generation is prompted with the captions of real test images (balanced over classes), so each generated
+image has a target class AND target attributes. The judge (minimfm/judge.py, a CNN trained on the real
+training split) scores the class; the same attribute functions that wrote the training captions
+(minimfm/data.py) score the attributes. The Fréchet distance uses judge features and is reported beside the
+floor of real training images measured against the same test set with the same number of images, because
+the estimate is biased upwards for small sample sizes.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from minimfm.data import CaptionedDataset, attributes, class_words
+from minimfm.judge import frechet_distance, judge_features
+
+
+def balanced_indices(labels: torch.Tensor, n: int) -> list[int]:
+    """n indices, the first n // classes of each class in dataset order (deterministic, balanced)."""
+    classes = int(labels.max()) + 1
+    per = max(1, n // classes)
+    picked = [torch.nonzero(labels == c)[:per, 0] for c in range(classes)]
+    return torch.stack(picked, 1).flatten().tolist()[:n]  # interleave classes: 0, 1, ..., 9, 0, 1, ...
+
+
+def caption_class(caption: str, dataset: str) -> int | None:
+    """The class a caption names, or None when it names none or several."""
+    words = set(caption.replace(",", " ").split())
+    named = {c for c, names in enumerate(class_words(dataset)) if words & set(names)}
+    return named.pop() if len(named) == 1 else None
+
+
+@torch.no_grad()
+def evaluate(model, judge, *, n_samples: int, n_captions: int, cfg_scale: float | None = None,
+             steps: int | None = None, seed: int = 0, batch_size: int = 100, verbose: bool = True) -> dict:
+    """All metrics of one model as a flat dict (see README "Evaluation" for definitions)."""
+    cfg = model.cfg
+    test = CaptionedDataset(cfg.dataset, "test", cfg.data_root, seed=cfg.seed)
+    judge = judge.to(model.device)
+    sample_kwargs = {} if steps is None else {"steps": steps}
+
+    # --- text-to-image: prompted with real test captions
+    idx = balanced_indices(test.labels, n_samples)
+    prompts = [test.caption(i) for i in idx]
+    images, nfe, seconds = [], 0, 0.0
+    for start in tqdm(range(0, len(idx), batch_size), desc="generating", disable=not verbose, leave=False):
+        chunk = prompts[start:start + batch_size]
+        tick = time.time()
+        images.append(model.generate_images(chunk, cfg_scale=cfg_scale, seed=seed + start, **sample_kwargs).cpu())
+        seconds += time.time() - tick
+        nfe = model.last_nfe
+    images = torch.cat(images)
+    target = test.labels[idx]
+    predicted = judge(images.to(model.device)).argmax(-1).cpu()
+    got = attributes(cfg.dataset, images)
+    want = [test.attributes[i] for i in idx]
+    keys = list(want[0])
+    per_attr = {k: sum(g[k] == w[k] for g, w in zip(got, want)) / len(idx) for k in keys}
+
+    # --- Fréchet distance in judge feature space, and the real-data floor at the same sample size
+    test_feats = judge_features(judge, test.images.to(model.device)).cpu()
+    gen_feats = judge_features(judge, images.to(model.device)).cpu()
+    from minimfm.data import load_images
+    train_images, _ = load_images(cfg.dataset, "train", cfg.data_root)
+    floor_feats = judge_features(judge, train_images[:len(images)].to(model.device)).cpu()
+
+    # --- image-to-text: caption real test images, and perplexity of their true captions
+    cap_idx = balanced_indices(test.labels, n_captions)
+    correct, nll, count, examples = 0, 0.0, 0, []
+    for start in tqdm(range(0, len(cap_idx), batch_size), desc="captioning", disable=not verbose, leave=False):
+        chunk = cap_idx[start:start + batch_size]
+        rep = model.encode_images(test.images[chunk])
+        texts = [model.tok.decode(ids) for ids in model.caption_ids(rep)]
+        correct += sum(caption_class(t, cfg.dataset) == int(test.labels[i]) for t, i in zip(texts, chunk))
+        s, c = model.caption_nll(rep, [model.tok.encode(test.caption(i)) for i in chunk])
+        nll, count = nll + float(s.sum()), count + int(c.sum())
+        examples += [(test.caption(i), t) for i, t in zip(chunk[:2], texts[:2])]
+
+    return {
+        "mode": model.mode, "dataset": cfg.dataset,
+        "cfg_scale": cfg.cfg_scale if cfg_scale is None else cfg_scale,
+        "steps": steps if steps is not None else getattr(model, "default_steps", None),
+        "n_samples": len(idx), "n_captions": len(cap_idx),
+        "prompted_accuracy": float((predicted == target).float().mean()),
+        "attribute_match": sum(per_attr.values()) / len(per_attr),
+        **{f"attribute_match_{k}": v for k, v in per_attr.items()},
+        "frechet_distance": frechet_distance(gen_feats, test_feats),
+        "frechet_floor": frechet_distance(floor_feats, test_feats),
+        "caption_accuracy": correct / len(cap_idx),
+        "caption_perplexity": float(torch.tensor(nll / count).exp()),
+        "nfe_per_image": nfe,
+        "seconds_per_image": seconds / len(idx),
+        "caption_examples": examples[:6],
+    }
+
+
+def format_results(r: dict) -> str:
+    rows = [("prompted accuracy (judge)", f"{r['prompted_accuracy']:.3f}"),
+            ("attribute match", f"{r['attribute_match']:.3f}"),
+            ("Fréchet distance (judge feats)", f"{r['frechet_distance']:.2f}  (real-data floor {r['frechet_floor']:.2f})"),
+            ("caption accuracy (class word)", f"{r['caption_accuracy']:.3f}"),
+            ("caption perplexity", f"{r['caption_perplexity']:.3f}"),
+            ("function evaluations / image", f"{r['nfe_per_image']}"),
+            ("seconds / image (generation)", f"{r['seconds_per_image']:.4f}")]
+    head = f"{r['mode']} on {r['dataset']}: {r['n_samples']} images (cfg scale {r['cfg_scale']}), " \
+           f"{r['n_captions']} captions"
+    return "\n".join([head] + [f"  {k:<32} {v}" for k, v in rows])

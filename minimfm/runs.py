@@ -1,0 +1,89 @@
+"""Building a model for a config, and saving / loading it as a self-contained checkpoint.
+
+A model checkpoint carries everything needed to sample without the run folder: the config, the text
+vocabulary, the frozen image tokenizer (as its own checkpoint dict), the weights (and their EMA), and for
+resuming the optimiser state and the step. All of it is plain data, so it loads with weights_only=True.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from minimfm.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from minimfm.config import Config
+from minimfm.modes import image_tokenizer_kind, model_class
+from minimfm.tokenizers.text import TextTokenizer
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu; an explicit name that is not available is an error, not a silent fallback."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("--device cuda: no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CheckpointError("--device mps: MPS is not available")
+    return torch.device(name)
+
+
+def caption_room(dataset: str) -> int:
+    """Longest caption the grammar writes (in tokens): every template filled with the longest words."""
+    from minimfm.data import CIFAR_TEMPLATES, MNIST_TEMPLATES
+    templates = MNIST_TEMPLATES if dataset == "mnist" else CIFAR_TEMPLATES
+    slant_words = 2  # "leaning right", "standing upright"
+    longest = 0
+    for t in templates:
+        words = t.replace(",", " , ").split()
+        longest = max(longest, len(words) + (slant_words - 1) * words.count("{slant_phrase}"))
+    return longest
+
+
+def build_model(cfg: Config, image_tokenizer: torch.nn.Module, tok: TextTokenizer | None = None,
+                max_text_len: int | None = None):
+    tok = tok or TextTokenizer.for_dataset(cfg.dataset)
+    return model_class(cfg.mode)(cfg, tok, image_tokenizer, max_text_len or caption_room(cfg.dataset))
+
+
+def model_checkpoint(model, tokenizer_ckpt: dict, *, step: int, optimizer=None, ema=None) -> dict:
+    return {
+        "kind": "model", "mode": model.mode, "dataset": model.cfg.dataset, "config": model.cfg.to_dict(),
+        "text_tokenizer": model.tok.state_dict(), "max_text_len": model.layout.max_text_len,
+        "image_tokenizer": tokenizer_ckpt, "model": model.state_dict(), "step": step,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,
+    }
+
+
+def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", use_ema: bool = True):
+    """Rebuild the model a checkpoint describes, with its EMA weights when it has them."""
+    from minimfm.tokenizers.training import tokenizer_from_checkpoint
+    cfg = Config.from_dict(ckpt["config"])
+    tok = TextTokenizer.from_state_dict(ckpt["text_tokenizer"])
+    model = build_model(cfg, tokenizer_from_checkpoint(ckpt["image_tokenizer"]), tok, ckpt["max_text_len"])
+    model.load_state_dict(ckpt["model"])
+    if use_ema and ckpt.get("ema"):
+        for name, p in model.named_parameters():
+            if name in ckpt["ema"]:
+                p.data.copy_(ckpt["ema"][name])
+    return model.to(device).eval()
+
+
+def load_model(path: str | Path, device: str = "auto", mode: str | None = None):
+    """Load a trained model from RUN/ckpt.pt for sampling, captioning or evaluation."""
+    ckpt = load_checkpoint(path, kind="model")
+    if mode is not None and ckpt["mode"] != mode:
+        raise CheckpointError(f"{path} is a '{ckpt['mode']}' model, expected '{mode}'")
+    return model_from_checkpoint(ckpt, select_device(device))
+
+
+def image_tokenizer_for(cfg: Config, verbose: bool = True) -> tuple[torch.nn.Module, dict]:
+    """The frozen image tokenizer a mode needs (built once and cached), and its checkpoint dict."""
+    from minimfm.tokenizers.store import get_tokenizer, tokenizer_path
+    kind = image_tokenizer_kind(cfg.mode)
+    model = get_tokenizer(cfg, kind, verbose)
+    return model, load_checkpoint(tokenizer_path(cfg, kind), kind=kind, dataset=cfg.dataset)

@@ -1,0 +1,33 @@
+"""Tiny models and runs for tests: random-weight tokenizers, smoke configs, no dataset training."""
+import torch
+
+from minimfm.checkpoint import save_atomic
+from minimfm.config import make_config
+from minimfm.runs import build_model
+from minimfm.tokenizers.store import tokenizer_path
+from minimfm.tokenizers.training import tokenizer_to_checkpoint
+from minimfm.tokenizers.vq import VQTokenizer
+
+
+def tiny_config(mode="ar", **overrides):
+    base = dict(mode=mode, d_model=32, n_layer=2, n_head=2, vq_codebook_size=16, vq_code_dim=8)
+    return make_config("smoke", **{**base, **overrides})
+
+
+def tiny_vq(cfg, seed=0):
+    torch.manual_seed(seed)
+    return VQTokenizer(1, codebook_size=cfg.vq_codebook_size, code_dim=cfg.vq_code_dim, hidden=16).eval()
+
+
+def tiny_model(mode="ar", seed=0, **overrides):
+    cfg = tiny_config(mode, **overrides)
+    tokenizer = tiny_vq(cfg, seed)
+    torch.manual_seed(seed)
+    return build_model(cfg, tokenizer)
+
+
+def install_random_vq(cfg):
+    """Put a random-weight VQ checkpoint where training looks for it, so tests never train a tokenizer."""
+    vq = tiny_vq(cfg)
+    save_atomic(tokenizer_to_checkpoint(vq, kind="vq", dataset=cfg.dataset), tokenizer_path(cfg, "vq"))
+    return vq

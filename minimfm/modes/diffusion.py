@@ -1,0 +1,221 @@
+"""Diffusion mode (Transfusion, Zhou et al. 2024): images are continuous latents, denoised by the same transformer.
+
+An image is h·w real vectors (pixel patches or an autoencoder latent). Training noises them to a random time t;
+the transformer reads caption + noisy image and, at every image position, predicts the noise ε (DDPM) or the
+velocity v (rectified flow); text positions keep the next-token loss:
+
+    L = L_text + λ · ||f(x_t, t) − target||²        (schedules.py holds x_t, the target and the samplers)
+
+Around the shared transformer sit a patch encoder and decoder (linear, or the small conv "U-Net down/up" of
+Transfusion §4.1 on the (h, w) grid) and a timestep embedding, either added to every image position
+(Transfusion) or fed to adaLN-Zero (DiT). Inside an image attention is bidirectional (the omni mask), so every
+patch sees the whole noisy image; the caption before it is causal and never sees the image, so during sampling
+its keys/values are computed once and each of the S denoising steps processes only the N image positions.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minimfm.model import MultimodalModel
+from minimfm.modes.ar import guided
+from minimfm.modes.schedules import make_schedule
+from minimfm.transformer import KVCache, init_weights
+
+
+class TimestepEmbedding(nn.Module):
+    """DiT's timestep embedder: sinusoidal features of t (as for Transformer positions), then a 2-layer MLP."""
+
+    def __init__(self, d_model: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+        self.mlp.apply(init_weights)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """t (B,) float on a 0..1000 scale -> (B, D)."""
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        angles = t.float()[:, None] * freqs[None]  # (B, half)
+        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=-1))  # (B, D)
+
+
+class LinearPatches(nn.Module):
+    """DiT's patch embedding / final linear layer: the same linear map at every grid position."""
+
+    def __init__(self, d_in: int, d_out: int, grid: tuple[int, int], zero: bool = False):
+        super().__init__()
+        self.proj = nn.Linear(d_in, d_out)
+        # DiT: xavier for the input embedding (unit-variance latents keep unit scale); zero for the output layer
+        # so the untrained model predicts 0 (a sane ε or v guess) and every block starts as a clean residual
+        nn.init.xavier_uniform_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        if zero:
+            nn.init.zeros_(self.proj.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)  # (B, N, d_out)
+
+
+class ConvPatches(nn.Module):
+    """Transfusion §4.1's U-Net down/up blocks, shrunk to two 3x3 convs on the (h, w) latent grid.
+
+    Each position's vector is mixed with its neighbours before (or after) the transformer, which a per-position
+    linear map cannot do. There is no down/upsampling: one latent position must stay one transformer position,
+    because the sequence layout fixes N = h·w.
+    """
+
+    def __init__(self, d_in: int, d_out: int, grid: tuple[int, int], zero: bool = False):
+        super().__init__()
+        self.grid = grid
+        hidden = max(d_in, d_out)  # d_model on both sides
+        self.conv1 = nn.Conv2d(d_in, hidden, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, d_out, 3, padding=1)
+        if zero:
+            nn.init.zeros_(self.conv2.weight)
+            nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        h, w = self.grid
+        z = x.transpose(1, 2).reshape(B, -1, h, w)  # (B, d_in, h, w)
+        z = self.conv2(F.silu(self.conv1(z)))  # (B, d_out, h, w)
+        return z.flatten(2).transpose(1, 2)  # (B, N, d_out)
+
+
+class DiffusionModel(MultimodalModel):
+    """Transfusion: one transformer, next-token loss on text and a diffusion loss on continuous image latents."""
+
+    mode = "diffusion"
+
+    def __init__(self, cfg, tok, image_tokenizer, max_text_len):
+        super().__init__(cfg, tok, image_tokenizer, max_text_len)
+        # the ablation: image positions attend causally among themselves (the caption prefix is causal anyway)
+        self.mask_kind = "causal" if cfg.image_attention == "causal" else "omni"
+        d, D = image_tokenizer.latent_dim, cfg.d_model
+        patches = ConvPatches if cfg.patch_encoder == "conv" else LinearPatches
+        self.patch_in = patches(d, D, self.grid)
+        self.patch_out = patches(D, d, self.grid, zero=True)
+        self.time_emb = TimestepEmbedding(D)
+        self.schedule = make_schedule(cfg.objective)  # plain math, no weights: nothing to save
+
+    def uses_adaln(self) -> bool:
+        return self.cfg.time_cond == "adaln"
+
+    @property
+    def default_steps(self) -> int:
+        return self.cfg.diffusion_steps
+
+    @property
+    def latent_dim(self) -> int:
+        return self.image_tokenizer.latent_dim
+
+    # ------------------------------------------------------------------------------------------- pieces
+    def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        return self.time_emb(self.schedule.time_input(t))  # (B, D)
+
+    def embed_images(self, latents: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (B, N, d) at times t (B,) -> (B, N, D); t=None reads them as clean (t = 0)."""
+        t = self.schedule.zero_time(latents.shape[0], self.device) if t is None else t
+        x = self.patch_in(latents)  # (B, N, D)
+        if self.cfg.time_cond == "add":
+            x = x + self.time_embedding(t)[:, None]  # Transfusion: the same vector added at every image position
+        return x
+
+    def transformer_kwargs(self, modality: torch.Tensor, t: torch.Tensor | None = None) -> dict:
+        """adaLN-Zero conditioning: the time embedding (B, 1, D), broadcast over positions, and where it applies.
+
+        One row of cond per sequence (not per position): the modulation MLP then runs once per sequence instead
+        of T times, and the block broadcasts it; `cond_mask` keeps text positions a plain block.
+        """
+        if not self.uses_adaln():
+            return {}
+        t = self.schedule.zero_time(modality.shape[0], self.device) if t is None else t
+        return {"cond": self.time_embedding(t)[:, None], "cond_mask": modality == 1}
+
+    def reading_inputs(self, latents: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Captioning reads the clean latents at t = 0, in the image-to-text layout the base class packs."""
+        B = latents.shape[0]
+        modality = self.pack([[] for _ in range(B)], torch.zeros(B, dtype=torch.bool)).modality
+        return self.embed_images(latents), self.transformer_kwargs(modality)
+
+    # -------------------------------------------------------------------------------------- training
+    def training_times(self, t2i: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(B,) noise times on the generator's device. Image-then-caption rows get at most half the schedule
+        (Transfusion): the caption must stay readable from the image, and pure noise has nothing to caption."""
+        half = 0.5 if self.cfg.i2t_noise_limit else 1.0
+        limit = torch.where(t2i.cpu(), 1.0, half)
+        return self.schedule.sample_t(limit, generator)
+
+    def training_loss(self, captions, latents, t2i, drop, generator):
+        B, N, d = latents.shape
+        # every draw on the generator (CPU in train.py) before anything moves: resumed runs replay it exactly
+        t = self.training_times(t2i, generator)
+        eps = torch.randn((B, N, d), generator=generator, device=generator.device)
+        t, eps = t.to(self.device), eps.to(latents.device, latents.dtype)
+        x_t = self.schedule.add_noise(latents, eps, t)
+        batch = self.pack(captions, t2i, drop)
+        h = self.hidden(batch, self.embed_images(x_t, t), **self.transformer_kwargs(batch.modality, t))  # (B, T, D)
+        h_img = h[batch.image_positions].view(B, N, -1)  # (B, N, D): exactly N image positions per row, in order
+        out = self.patch_out(h_img)  # (B, N, d)
+        image_loss = F.mse_loss(out.float(), self.schedule.target(latents, eps).float())
+        return self.combine(self.text_loss(h, batch), image_loss)
+
+    # -------------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample_images(self, prompts, *, cfg_scale, generator, steps=None, sampler: str | None = None,
+                      use_cache: bool = True, known: torch.Tensor | None = None,
+                      known_mask: torch.Tensor | None = None):
+        """Latents (B, N, d) for prompt ids after S denoising steps; returns (latents, S).
+
+        CFG doubles the batch (rows [B:] have an empty caption) inside ONE transformer call per step and mixes
+        the outputs (ε or v): cond + s·(cond − uncond). With `use_cache` the caption prefix is run once into a
+        KV cache and every step feeds only the image positions, cropping the cache back to the prefix after.
+        Inpainting: `known` (B, N, d) latents and `known_mask` (B, N) bool; before each step the known positions
+        are replaced by the known latents noised to the current time, and set exactly at the end.
+        """
+        schedule, S = self.schedule, steps or self.cfg.diffusion_steps
+        sampler = sampler or schedule.samplers[0]
+        if sampler not in schedule.samplers:
+            raise ValueError(f"unknown sampler '{sampler}' for --objective {self.cfg.objective}, "
+                             f"choose {', '.join(schedule.samplers)}")
+        B, N = len(prompts), self.n_image
+        rows = prompts + ([[] for _ in prompts] if cfg_scale else [])
+        batch = self.pack(rows, torch.ones(len(rows), dtype=torch.bool))
+        P = self.layout.prompt_length()
+        end = P + N  # [EOI] and [EOS] after the image play no part in denoising
+        mask, positions = self.mask(batch.modality)[:, :end, :end], batch.positions[:, :end]
+        prefix = self.text_emb(batch.tokens[:, :P])  # (B', P, D)
+        cache = None
+        if use_cache:
+            cache = KVCache(self.cfg.n_layer)
+            self.transformer(prefix, mask[:, :P, :P], positions[:, :P], cache=cache)
+        grid = self.image_grid_embedding()  # (N, D)
+        if known is not None:
+            known, known_mask = known.to(self.device), known_mask.to(self.device)[..., None]  # (B, N, 1)
+
+        x = torch.randn((B, N, self.latent_dim), generator=generator, device=generator.device).to(self.device)
+        times = schedule.sampling_times(S)
+        for t, t_next in zip(times[:-1], times[1:]):
+            t_rows = torch.full((len(rows),), t, device=self.device)  # (B',) int (DDPM step) or float (flow)
+            if known is not None:
+                x_known = schedule.add_noise(known, torch.randn(x.shape, generator=generator,
+                                                                device=generator.device).to(x), t_rows[:B])
+                x = torch.where(known_mask, x_known, x)
+            x_in = x.repeat(2, 1, 1) if cfg_scale else x  # (B', N, d): cond and uncond see the same image
+            image = self.embed_images(x_in, t_rows) + grid  # (B', N, D)
+            if use_cache:
+                kwargs = self.transformer_kwargs(batch.modality[:, P:end], t_rows)
+                h = self.transformer(image, mask[:, P:end], positions[:, P:end], cache=cache, **kwargs)
+                cache.crop(P)  # the next step's image replaces this one; the caption's keys/values stay
+            else:
+                kwargs = self.transformer_kwargs(batch.modality[:, :end], t_rows)
+                h = self.transformer(torch.cat([prefix, image], 1), mask, positions, **kwargs)[:, P:]
+            out = guided(self.patch_out(h).float(), cfg_scale)  # (B, N, d) ε or v
+            x = schedule.step(x, out, t, t_next, generator, sampler)
+        if known is not None:
+            x = torch.where(known_mask, known, x)
+        return x, S

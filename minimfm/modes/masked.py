@@ -1,0 +1,198 @@
+"""Masked mode (Show-o, MaskGIT): an image is a grid of VQ codes, some replaced by [MASK], all predicted at once.
+
+Training hides a random fraction of a caption's image codes and asks for the hidden ones in one forward pass.
+Attention inside the image is bidirectional (Show-o's omni-attention: causal over the text, full within the
+image), so every masked code sees every visible code and the caption:
+
+    L = L_text + λ · Σ_{j masked} -log p(c_j | caption, visible codes)
+
+The fraction masked is γ(u) with u ~ U(0, 1) and γ a decreasing schedule (MaskGIT: cosine γ(u) = cos(πu/2)), so
+training sees every masking level the sampler will pass through. The image-to-text order reads the clean image
+and learns the caption after it (Show-o's [MMU] task); the [T2I] / [MMU] task token in front says which.
+
+Sampling (MaskGIT) starts from an all-[MASK] image and runs T steps. Each step predicts every masked code, then
+keeps the most confident ones so that N·γ((t+1)/T) codes remain masked; the rest wait for a later step with more
+context. T steps, not N, is the whole point: 8 evaluations instead of AR's 49.
+
+The caption never changes during sampling and, under the omni mask, never attends to the image, so its keys and
+values are computed once and reused by all T steps (`KVCache.crop` back to the prompt after each step). Show-o
+recomputes it every step; benchmarks/masked_prefix_cache.py measures what the cache saves.
+
+Vocabulary: the code embedding has K+1 rows (row K is [MASK], an input only); the head predicts the K real codes,
+so [MASK] can never be sampled or committed.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minimfm.model import MultimodalModel
+from minimfm.modes.ar import guided, sample_from_logits
+from minimfm.transformer import KVCache, init_weights
+
+CHOICE_TEMPERATURE = 4.5  # MaskGIT's Gumbel-noise scale on the confidences at step 0 (annealed to 0)
+
+
+def mask_schedule(u: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """γ(u): fraction of codes masked at time u in [0, 1]; decreasing, γ(0) = 1, γ(1) = 0 (MaskGIT §3.2).
+
+    cosine masks more codes for longer (few codes fixed early, when the image is least determined), which MaskGIT
+    found best; linear is the baseline; sqrt (1 − √u) fixes many codes early, the opposite bet.
+    """
+    if kind == "cosine":
+        # cos(π/2) is 6e-17 in floating point, not 0: make γ(1) exactly 0 so the last step fixes everything
+        return torch.where(u < 1, torch.cos(0.5 * math.pi * u), torch.zeros_like(u))
+    if kind == "linear":
+        return 1.0 - u
+    if kind == "sqrt":
+        return 1.0 - u.sqrt()
+    raise ValueError(f"unknown mask schedule '{kind}', choose cosine, linear or sqrt")
+
+
+def masked_counts(n_unknown: torch.Tensor, steps: int, kind: str) -> torch.Tensor:
+    """(steps, B) number of codes still masked AFTER each step: floor(n · γ((t+1)/T)); the last row is 0."""
+    u = torch.arange(1, steps + 1, dtype=torch.float64) / steps  # (T,)
+    ratio = mask_schedule(u, kind).to(n_unknown.device)  # float64 so the floor is the same on every device
+    return torch.floor(n_unknown[None].double() * ratio[:, None]).long()  # (T, B)
+
+
+def gumbel_noise(shape: tuple, generator: torch.Generator, device) -> torch.Tensor:
+    """Standard Gumbel samples -log(-log U); the clamps keep both logs finite when U is 0 or 1 - ε."""
+    u = torch.rand(shape, generator=generator, device=device)
+    neg_log_u = (-torch.log(u.clamp(min=1e-20))).clamp(min=1e-20)
+    return -torch.log(neg_log_u)
+
+
+class MaskedModel(MultimodalModel):
+    """Show-o-style unified model: bidirectional masked-code prediction for images, causal LM for text."""
+
+    mode = "masked"
+    mask_kind = "omni"
+    task_tokens = True
+
+    def __init__(self, cfg, tok, image_tokenizer, max_text_len):
+        super().__init__(cfg, tok, image_tokenizer, max_text_len)
+        K = image_tokenizer.codebook_size
+        self.mask_code = K  # an input only: the head below has no row for it
+        self.code_emb = nn.Embedding(K + 1, cfg.d_model)
+        self.code_head = nn.Linear(cfg.d_model, K, bias=False)
+        init_weights(self.code_emb)
+        init_weights(self.code_head)
+        self.last_order: torch.Tensor | None = None  # (B, N) step at which each code was fixed, -1 = known
+
+    @property
+    def default_steps(self) -> int:
+        return self.cfg.mask_steps
+
+    def embed_images(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.code_emb(codes)  # (B, N, D); codes may hold mask_code
+
+    def image_hidden(self, h: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, N, D): the outputs at the image positions (every row has exactly N)."""
+        return h[modality == 1].view(h.shape[0], self.n_image, h.shape[-1])
+
+    # -------------------------------------------------------------------------------------- training
+    def training_mask(self, t2i: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(B, N) bool: codes to hide. Text-to-image rows hide max(1, ceil(γ(u)·N)), image-to-text rows none."""
+        B, N = len(t2i), self.n_image
+        u = torch.rand(B, generator=generator, device=generator.device)
+        n_masked = torch.ceil(mask_schedule(u, self.cfg.mask_schedule) * N).long().clamp(1, N)  # (B,)
+        # every row draws its permutation, whatever its order, so the random stream does not depend on t2i
+        rank = torch.rand(B, N, generator=generator, device=generator.device).argsort(1).argsort(1)  # (B, N)
+        hide = (rank < n_masked[:, None]) & t2i.to(rank.device)[:, None]
+        return hide.to(self.device)
+
+    def training_loss(self, captions, codes, t2i, drop, generator):
+        batch = self.pack(captions, t2i, drop)  # dropped captions: same masking, trains the unconditional model
+        hide = self.training_mask(t2i, generator)  # (B, N)
+        h = self.hidden(batch, self.embed_images(codes.masked_fill(hide, self.mask_code)))  # (B, T, D)
+        logits = self.code_head(self.image_hidden(h, batch.modality)[hide]).float()  # (n_hidden, K)
+        # mean over hidden codes; a batch with no text-to-image row has none and contributes 0, not NaN
+        image_loss = F.cross_entropy(logits, codes[hide], reduction="sum") / hide.sum().clamp(min=1)
+        return self.combine(self.text_loss(h, batch), image_loss)
+
+    # -------------------------------------------------------------------------------------- sampling
+    def image_logits(self, codes: torch.Tensor, batch, full_mask: torch.Tensor, cache: KVCache | None
+                     ) -> torch.Tensor:
+        """(B', N) current codes -> (B', N, K) code logits; one transformer evaluation.
+
+        With a cache holding the prompt, only the N image positions are fed; their mask rows are the image rows
+        of the full omni mask, keys up to the end of the image. Without one, prompt + image are recomputed.
+        """
+        P, N = self.layout.prompt_length(), self.n_image
+        if cache is not None:
+            x = self.embed_images(codes) + self.image_grid_embedding()  # (B', N, D)
+            h = self.transformer(x, full_mask[:, P:P + N, :P + N], batch.positions[:, P:P + N], cache=cache)
+            cache.crop(P)  # drop this step's image keys: the next step's image differs
+        else:
+            x = self.embed_sequence(batch.tokens[:, :P + N], batch.modality[:, :P + N], self.embed_images(codes))
+            h = self.transformer(x, full_mask[:, :P + N, :P + N], batch.positions[:, :P + N])[:, P:]
+        return self.code_head(h).float()  # (B', N, K)
+
+    @torch.no_grad()
+    def sample_images(self, prompts, *, cfg_scale, generator, steps=None, temperature=None, top_k=None,
+                      top_p=None, choice_temperature: float = CHOICE_TEMPERATURE, use_cache: bool = True,
+                      known_codes: torch.Tensor | None = None, known_mask: torch.Tensor | None = None):
+        """Codes (B, N) for prompt ids in T = `steps` parallel steps (MaskGIT); NFE = T.
+
+        Each step samples a code at every masked position (temperature, top-k/p), scores it by log p + Gumbel
+        noise scaled by choice_temperature·(1 − (t+1)/T), and fixes the most confident ones. The noise lets a
+        less likely position win early (diversity) and vanishes by the last step. Guidance is
+        cond + s·(cond − uncond) on the logits (`guided`; Show-o's (1+s)·cond − s·uncond is the same), with
+        the unconditional rows (empty caption, learnt via caption dropout) batched with the conditional ones.
+        Written this way so s = 0 is exactly the conditional model (the --cfg-scale convention of every mode);
+        it acts on the logits, so both the sampled code and its confidence come from the guided distribution.
+        With known codes the unconditional rows see them too: guidance pushes towards the caption GIVEN them.
+
+        Inpainting / extrapolation: positions with known_mask (B, N) start as known_codes and are never changed;
+        the schedule runs over the unknown positions only. Sets `self.last_order` (B, N): the step at which each
+        code was fixed, -1 for known codes. The prompt's keys/values are computed once (use_cache=False
+        recomputes them every step; same result).
+        """
+        cfg = self.cfg
+        T = cfg.mask_steps if steps is None else steps
+        if T < 1:
+            raise ValueError(f"steps must be at least 1, got {T}")
+        temperature = cfg.temperature if temperature is None else temperature
+        top_k = cfg.top_k if top_k is None else top_k
+        top_p = cfg.top_p if top_p is None else top_p
+        B, N, dev = len(prompts), self.n_image, self.device
+        rows = prompts + ([[] for _ in prompts] if cfg_scale else [])
+        batch = self.pack(rows, torch.ones(len(rows), dtype=torch.bool))
+        full_mask = self.mask(batch.modality)
+        P = self.layout.prompt_length()
+
+        if (known_codes is None) != (known_mask is None):
+            raise ValueError("inpainting needs both known_codes (B, N) and known_mask (B, N)")
+        known = torch.zeros(B, N, dtype=torch.bool, device=dev) if known_mask is None else known_mask.to(dev)
+        codes = torch.full((B, N), self.mask_code, dtype=torch.long, device=dev)
+        if known_codes is not None:
+            codes = torch.where(known, known_codes.to(dev), codes)
+        masked = ~known  # tracked explicitly: a known code may be any id
+        order = torch.full((B, N), -1, dtype=torch.long, device=dev)
+        still_masked = masked_counts((~known).sum(1), T, cfg.mask_schedule)  # (T, B)
+
+        cache = None
+        if use_cache:
+            cache = KVCache(cfg.n_layer)
+            self.transformer(self.text_emb(batch.tokens[:, :P]), full_mask[:, :P, :P], batch.positions[:, :P],
+                             cache=cache)
+        for t in range(T):
+            both = codes.repeat(2 if cfg_scale else 1, 1)  # the same image for cond and uncond rows
+            logits = guided(self.image_logits(both, batch, full_mask, cache), cfg_scale)  # (B, N, K)
+            sampled = sample_from_logits(logits.flatten(0, 1), generator, temperature, top_k, top_p).view(B, N)
+            log_p = logits.log_softmax(-1).gather(-1, sampled[..., None])[..., 0]  # (B, N)
+            noise_scale = choice_temperature * (1.0 - (t + 1) / T)
+            confidence = log_p + noise_scale * gumbel_noise((B, N), generator, dev)
+            confidence = confidence.masked_fill(~masked, float("-inf"))  # only masked positions compete
+            n_fix = masked.sum(1) - still_masked[t]  # (B,)
+            rank = confidence.argsort(1, descending=True).argsort(1)  # (B, N) 0 = most confident
+            fix = masked & (rank < n_fix[:, None])
+            codes = torch.where(fix, sampled, codes)
+            order = order.masked_fill(fix, t)
+            masked = masked & ~fix
+        self.last_order = order
+        return codes, T

@@ -48,7 +48,7 @@ def sample(args) -> int:
         prompts = [args.prompt]
     else:
         path = Path(args.prompts_file)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"prompts file not found: {path}")
         prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     prompts = [p for p in prompts for _ in range(args.n)]

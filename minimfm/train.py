@@ -116,8 +116,6 @@ def write_samples(model, path: Path, seed: int = 0) -> None:
 
 
 def plot_losses(metrics_path: Path, out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     if not rows:
@@ -148,8 +146,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
         torch.set_num_threads(cfg.threads)
     device = select_device(cfg.device)
     run = prepare_run_dir(cfg, resume, overwrite)
-    torch.manual_seed(cfg.seed)
     image_tokenizer, tokenizer_ckpt = image_tokenizer_for(cfg, verbose)
+    torch.manual_seed(cfg.seed)  # after the tokenizer: whether it was cached must not change the init
     model = build_model(cfg, image_tokenizer).to(device)
     optimizer = make_optimizer(model, cfg, device)
     ema = EMA(model, cfg.ema) if cfg.ema else None

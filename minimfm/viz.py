@@ -36,8 +36,6 @@ def show_images(images: torch.Tensor, titles: list[str] | None = None, ncols: in
 
 def save_image_grid(images: torch.Tensor, path: str | Path, titles: list[str] | None = None, ncols: int = 8):
     """Write a captioned grid PNG (used by `sample --out x.png` and the periodic training samples)."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     fig = show_images(images, titles, ncols=ncols)
     Path(path).parent.mkdir(parents=True, exist_ok=True)

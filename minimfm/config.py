@@ -61,14 +61,14 @@ class Config:
     # discrete image tokenizer (ar, masked)
     vq_codebook_size: int = _f(256, "number of VQ codes")
     vq_code_dim: int = _f(32, "dimension of each VQ code vector")
-    vq_steps: int = _f(1500, "VQ tokenizer training steps")
+    vq_steps: int = _f(2000, "VQ tokenizer training steps")
     # continuous image latents (diffusion)
     latent_kind: str = _f("ae", "diffusion latents: raw pixel patches or a small conv autoencoder", ("patch", "ae"))
     latent_channels: int = _f(4, "channels of the autoencoder latent grid")
-    ae_steps: int = _f(1500, "autoencoder training steps")
+    ae_steps: int = _f(2000, "autoencoder training steps")
     tokenizer_batch_size: int = _f(128, "batch size for tokenizer and judge training")
     tokenizer_lr: float = _f(2e-3, "learning rate for tokenizer and judge training")
-    judge_steps: int = _f(1500, "judge classifier training steps")
+    judge_steps: int = _f(2000, "judge classifier training steps")
 
     # masked mode (Show-o / MaskGIT)
     mask_schedule: str = _f("cosine", "fraction of codes masked as a function of time",

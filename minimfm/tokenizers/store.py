@@ -46,6 +46,20 @@ def _train(cfg: Config, kind: str, verbose: bool):
     return T.train_judge(images, labels, steps=cfg.judge_steps, **common)
 
 
+def judge_reference_metrics(cfg: Config, judge, test_images, test_labels) -> dict:
+    """Judge accuracy, and the two reference rungs of its Fréchet distance: real train vs real test (the floor a
+    perfect generator would reach, at 10,000 vs 10,000 images) and Gaussian-blurred test vs test."""
+    from torchvision.transforms.functional import gaussian_blur
+    from minimfm.judge import frechet_distance, judge_accuracy, judge_features
+    train_images, _ = load_images(cfg.dataset, "train", cfg.data_root)
+    n = min(10_000, len(test_images))
+    f_test = judge_features(judge, test_images[:n])
+    return {"test_accuracy": judge_accuracy(judge, test_images, test_labels),
+            "fd_train_vs_test": frechet_distance(judge_features(judge, train_images[:n]), f_test),
+            "fd_blurred_test_vs_test": frechet_distance(judge_features(judge, gaussian_blur(test_images[:n], 5, 1.0)),
+                                                        f_test)}
+
+
 def build_tokenizer(cfg: Config, kind: str, verbose: bool = True) -> tuple[torch.nn.Module, dict]:
     """Train a tokenizer (or judge), measure it on the test split, save it; returns (model, metrics)."""
     from minimfm.tokenizers import training as T
@@ -55,8 +69,7 @@ def build_tokenizer(cfg: Config, kind: str, verbose: bool = True) -> tuple[torch
     images, labels = load_images(cfg.dataset, "test", cfg.data_root)
     judge = None if kind == "judge" else get_tokenizer(cfg, "judge", verbose)
     if kind == "judge":
-        from minimfm.judge import judge_accuracy
-        metrics = {"test_accuracy": judge_accuracy(model, images, labels)}
+        metrics = judge_reference_metrics(cfg, model, images, labels)
     else:
         metrics = T.reconstruction_metrics(model, images, judge=judge, labels=labels)
     metrics["train_seconds"] = round(seconds, 1)

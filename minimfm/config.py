@@ -142,14 +142,14 @@ PRESETS: dict[str, dict] = {
                   sample_every=0, ckpt_every=10, vq_codebook_size=32, vq_code_dim=8, vq_steps=30, ae_steps=30,
                   judge_steps=30, tokenizer_batch_size=32, eval_samples=20, eval_captions=20, limit_train=2000,
                   mask_steps=4, diffusion_steps=5),
-    # 2 CPU cores, tokenizers ~5 min once, ~15-20 min per mode: MNIST prompted accuracy >= 0.9 (README table)
+    # 2 CPU cores, tokenizers ~6 min once, ~10.5 min per mode: MNIST prompted accuracy 0.97-0.99 (README table)
     "tiny": dict(),
-    # one GPU (an H100 / A100 / 4090 class card), ~10 min per mode on MNIST, ~30 min on CIFAR-10
+    # one GPU (an H100 / A100 / 4090 class card); not yet measured (the tiny preset takes ~100 s per mode on an H200)
     "small": dict(d_model=384, n_layer=8, n_head=6, batch_size=256, max_steps=10000, lr=6e-4, warmup_steps=500,
                   ema=0.999, vq_codebook_size=512, vq_steps=5000, ae_steps=5000, judge_steps=4000,
                   tokenizer_batch_size=256, eval_samples=2000, eval_captions=2000, sample_every=2000,
                   ckpt_every=2000),
-    # paper-shaped: 8 GPUs with torchrun, hours; conv patch encoder and adaLN as in the papers' best settings
+    # paper-shaped: several GPUs, hours; conv patch encoder and λ = 5 as in Transfusion; not yet measured
     "full": dict(d_model=768, n_layer=16, n_head=12, batch_size=512, max_steps=100000, lr=3e-4,
                  warmup_steps=2000, ema=0.9999, patch_encoder="conv", image_loss_weight=5.0,
                  vq_codebook_size=1024, vq_steps=20000, ae_steps=20000, judge_steps=8000,

@@ -31,3 +31,11 @@ def install_random_vq(cfg):
     vq = tiny_vq(cfg)
     save_atomic(tokenizer_to_checkpoint(vq, kind="vq", dataset=cfg.dataset), tokenizer_path(cfg, "vq"))
     return vq
+
+
+def squares(n: int) -> torch.Tensor:
+    """Bright 8x8 squares at random positions: learnable structure, unlike pixel noise."""
+    images = torch.zeros(n, 1, 28, 28)
+    for i, (r, c) in enumerate(torch.randint(0, 20, (n, 2)).tolist()):
+        images[i, :, r:r + 8, c:c + 8] = 1
+    return images

@@ -6,6 +6,7 @@ from minimfm.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from minimfm.tokenizers.latent import AutoencoderLatent, PatchLatent, fit_normalisation
 from minimfm.tokenizers.training import (make_patch_latent, reconstruction_metrics, tokenizer_from_checkpoint,
                                          tokenizer_to_checkpoint, train_autoencoder)
+from helpers import squares
 
 torch.set_num_threads(2)
 
@@ -53,14 +54,6 @@ def test_normalisation_gives_unit_variance_on_fit_data(make):
         z = lat.encode(x).reshape(-1, lat.latent_dim)
     torch.testing.assert_close(z.mean(0), torch.zeros(lat.latent_dim), atol=1e-4, rtol=0)
     torch.testing.assert_close(z.std(0), torch.ones(lat.latent_dim), atol=1e-3, rtol=0)
-
-
-def squares(n: int) -> torch.Tensor:
-    """Bright 8x8 squares at random positions: learnable structure, unlike pixel noise."""
-    images = torch.zeros(n, 1, 28, 28)
-    for i, (r, c) in enumerate(torch.randint(0, 20, (n, 2)).tolist()):
-        images[i, :, r:r + 8, c:c + 8] = 1
-    return images
 
 
 def test_train_autoencoder_deterministic_normalised_and_learns():

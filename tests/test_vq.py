@@ -8,6 +8,7 @@ from minimfm.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from minimfm.tokenizers.training import (reconstruction_metrics, tokenizer_from_checkpoint,
                                          tokenizer_to_checkpoint, train_vq)
 from minimfm.tokenizers.vq import VectorQuantizerEMA, VQTokenizer, codebook_stats
+from helpers import squares
 
 torch.set_num_threads(2)
 
@@ -83,14 +84,6 @@ def test_codebook_stats_uniform_and_single():
     assert single["usage"] == 1 / 8 and single["perplexity"] == pytest.approx(1.0)
     half = codebook_stats(torch.tensor([0, 1, 0, 1]), 4)
     assert half["perplexity"] == pytest.approx(math.exp(math.log(2)))
-
-
-def squares(n: int) -> torch.Tensor:
-    """Bright 8x8 squares at random positions: learnable structure, unlike pixel noise."""
-    images = torch.zeros(n, 1, 28, 28)
-    for i, (r, c) in enumerate(torch.randint(0, 20, (n, 2)).tolist()):
-        images[i, :, r:r + 8, c:c + 8] = 1
-    return images
 
 
 def test_train_vq_is_deterministic_and_lowers_error():

@@ -1,4 +1,4 @@
-"""`python -m minimfm <command>`: train, sample, caption, evaluate, tokenizer.
+"""`python -m minimfm <command>`: train, sample, caption, evaluate, compare, claims, tokenizer.
 
 Every error a user can cause (bad flag, missing dataset, wrong checkpoint, unknown prompt word) ends the
 program with one line on stderr and a non-zero exit code, never a traceback.
@@ -28,6 +28,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run folder and start afresh")
+
+    p = sub.add_parser("compare", help="train ar, masked and diffusion under one budget and compare them")
+    add_config_flags(p, skip=("mode", "run_name"))
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget-flops", type=float, default=None,
+                        help="training FLOPs per mode (default: what --max-steps costs the ar mode)")
+    budget.add_argument("--budget-minutes", type=float, default=None,
+                        help="training minutes per mode instead (speed measured first on a few steps)")
+    p.add_argument("--name", default=None, help="folder under --runs-dir (default: compare-<dataset>-<preset>)")
+    p.add_argument("--sweep-n", type=int, default=100,
+                   help="images per point of the step sweep, the CFG check and the mid-training evaluations")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier comparison of the same name")
+
+    p = sub.add_parser("claims", help="small controlled runs that test five claims of the papers")
+    add_config_flags(p, skip=("mode", "run_name"))
+    p.add_argument("--claim-steps", type=int, default=600, help="training steps of each claim run")
+    p.add_argument("--compare-name", default=None,
+                   help="comparison folder whose step sweep and CFG check feed claims c and d "
+                        "(default: compare-<dataset>-<preset>)")
+    p.add_argument("--n", type=int, default=200, help="generated images and captions per claim evaluation")
 
     p = sub.add_parser("tokenizer", help="train an image tokenizer or the evaluation judge")
     p.add_argument("action", choices=["train"], help="what to do")

@@ -105,3 +105,22 @@ def evaluate(args) -> int:
             json.dump(results, f, indent=2)
         print(f"wrote {args.out}")
     return 0
+
+
+def compare(args) -> int:
+    from minimfm.compare import compare as run_comparison
+    cfg = config_from_args(args)
+    out = run_comparison(cfg, name=args.name, budget_flops=args.budget_flops, budget_minutes=args.budget_minutes,
+                         sweep_n=args.sweep_n, overwrite=args.overwrite)
+    print((out / "results.md").read_text())
+    print(f"wrote {out}/results.json, results.md, quality_vs_steps.png, quality_vs_compute.png, samples.png")
+    return 0
+
+
+def claims(args) -> int:
+    from minimfm.claims import run_claims
+    cfg = config_from_args(args)
+    out = run_claims(cfg, steps=args.claim_steps, n=args.n, compare_name=args.compare_name)
+    print((out / "claims.md").read_text())
+    print(f"wrote {out}/claims.json and claims.md")
+    return 0

@@ -46,7 +46,7 @@ class Config:
 
     # optimisation
     batch_size: int = _f(64, "sequences per optimiser step (global, across processes)")
-    max_steps: int = _f(2000, "optimiser steps")
+    max_steps: int = _f(3000, "optimiser steps")
     lr: float = _f(1e-3, "peak learning rate (AdamW)")
     min_lr: float = _f(1e-4, "learning rate at the end of the cosine decay")
     warmup_steps: int = _f(100, "linear warm-up steps")
@@ -142,7 +142,7 @@ PRESETS: dict[str, dict] = {
                   sample_every=0, ckpt_every=10, vq_codebook_size=32, vq_code_dim=8, vq_steps=30, ae_steps=30,
                   judge_steps=30, tokenizer_batch_size=32, eval_samples=20, eval_captions=20, limit_train=2000,
                   mask_steps=4, diffusion_steps=5),
-    # 2 CPU cores, tokenizers ~6 min once, ~10.5 min per mode: MNIST prompted accuracy 0.97-0.99 (README table)
+    # 2 CPU cores, tokenizers ~6 min once, ~15.5 min per mode: MNIST prompted accuracy 0.97-0.99 (README table)
     "tiny": dict(),
     # one GPU (an H100 / A100 / 4090 class card); not yet measured (the tiny preset takes ~100 s per mode on an H200)
     "small": dict(d_model=384, n_layer=8, n_head=6, batch_size=256, max_steps=10000, lr=6e-4, warmup_steps=500,

@@ -64,11 +64,13 @@ def evaluate(model, judge, *, n_samples: int, n_captions: int, cfg_scale: float 
     test_feats = judge_features(judge, test.images.to(model.device)).cpu()
     gen_feats = judge_features(judge, images.to(model.device)).cpu()
     from minimfm.data import load_images
-    train_images, _ = load_images(cfg.dataset, "train", cfg.data_root)
-    floor_feats = judge_features(judge, train_images[:len(images)].to(model.device)).cpu()
+    train_images, train_labels = load_images(cfg.dataset, "train", cfg.data_root)
+    # class-balanced like the generated set: ImageFolder (CIFAR-10) stores the split sorted by class
+    floor_idx = balanced_indices(train_labels, len(images))
+    floor_feats = judge_features(judge, train_images[floor_idx].to(model.device)).cpu()
 
-    # --- image-to-text: caption real test images, and perplexity of their true captions
-    cap_idx = balanced_indices(test.labels, n_captions)
+    # --- image-to-text: caption real test images, and perplexity of their true captions (n_captions=0 skips)
+    cap_idx = balanced_indices(test.labels, n_captions) if n_captions else []
     correct, nll, count, examples = 0, 0.0, 0, []
     for start in tqdm(range(0, len(cap_idx), batch_size), desc="captioning", disable=not verbose, leave=False):
         chunk = cap_idx[start:start + batch_size]
@@ -89,8 +91,8 @@ def evaluate(model, judge, *, n_samples: int, n_captions: int, cfg_scale: float 
         **{f"attribute_match_{k}": v for k, v in per_attr.items()},
         "frechet_distance": frechet_distance(gen_feats, test_feats),
         "frechet_floor": frechet_distance(floor_feats, test_feats),
-        "caption_accuracy": correct / len(cap_idx),
-        "caption_perplexity": float(torch.tensor(nll / count).exp()),
+        "caption_accuracy": correct / len(cap_idx) if cap_idx else None,
+        "caption_perplexity": float(torch.tensor(nll / count).exp()) if cap_idx else None,
         "nfe_per_image": nfe,
         "seconds_per_image": seconds / len(idx),
         "caption_examples": examples[:6],
@@ -98,11 +100,13 @@ def evaluate(model, judge, *, n_samples: int, n_captions: int, cfg_scale: float 
 
 
 def format_results(r: dict) -> str:
+    def num(key: str, fmt: str) -> str:
+        return "not measured" if r.get(key) is None else format(r[key], fmt)
     rows = [("prompted accuracy (judge)", f"{r['prompted_accuracy']:.3f}"),
             ("attribute match", f"{r['attribute_match']:.3f}"),
             ("Fréchet distance (judge feats)", f"{r['frechet_distance']:.2f}  (real-data floor {r['frechet_floor']:.2f})"),
-            ("caption accuracy (class word)", f"{r['caption_accuracy']:.3f}"),
-            ("caption perplexity", f"{r['caption_perplexity']:.3f}"),
+            ("caption accuracy (class word)", num("caption_accuracy", ".3f")),
+            ("caption perplexity", num("caption_perplexity", ".3f")),
             ("function evaluations / image", f"{r['nfe_per_image']}"),
             ("seconds / image (generation)", f"{r['seconds_per_image']:.4f}")]
     head = f"{r['mode']} on {r['dataset']}: {r['n_samples']} images (cfg scale {r['cfg_scale']}), " \

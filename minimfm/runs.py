@@ -49,11 +49,12 @@ def build_model(cfg: Config, image_tokenizer: torch.nn.Module, tok: TextTokenize
     return model_class(cfg.mode)(cfg, tok, image_tokenizer, max_text_len or caption_room(cfg.dataset))
 
 
-def model_checkpoint(model, tokenizer_ckpt: dict, *, step: int, optimizer=None, ema=None) -> dict:
+def model_checkpoint(model, tokenizer_ckpt: dict, *, step: int, optimizer=None, ema=None,
+                     train_seconds: float = 0.0) -> dict:
     return {
         "kind": "model", "mode": model.mode, "dataset": model.cfg.dataset, "config": model.cfg.to_dict(),
         "text_tokenizer": model.tok.state_dict(), "max_text_len": model.layout.max_text_len,
-        "image_tokenizer": tokenizer_ckpt, "model": model.state_dict(), "step": step,
+        "image_tokenizer": tokenizer_ckpt, "model": model.state_dict(), "step": step, "train_seconds": train_seconds,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
     }

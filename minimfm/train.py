@@ -151,7 +151,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
     model = build_model(cfg, image_tokenizer).to(device)
     optimizer = make_optimizer(model, cfg, device)
     ema = EMA(model, cfg.ema) if cfg.ema else None
-    step = 0
+    step, seconds_before = 0, 0.0
     ckpt_path = run / "ckpt.pt"
     if resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path, kind="model", dataset=cfg.dataset)
@@ -162,20 +162,23 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
         if ema is not None and ckpt.get("ema"):
             ema.load_state_dict(ckpt["ema"])
         step = ckpt["step"]
+        seconds_before = ckpt.get("train_seconds", 0.0)
     (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     data = TrainingData(cfg, model, verbose)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     metrics_file = (run / "metrics.jsonl").open("a")
 
     def save(at_step: int) -> None:
-        save_atomic(model_checkpoint(model, tokenizer_ckpt, step=at_step, optimizer=optimizer, ema=ema), ckpt_path)
+        save_atomic(model_checkpoint(model, tokenizer_ckpt, step=at_step, optimizer=optimizer, ema=ema,
+                                     train_seconds=seconds_before + loop_seconds), ckpt_path)
 
     end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
     bar = tqdm(range(step, end), initial=step, total=cfg.max_steps, desc=f"{cfg.mode} {cfg.dataset}",
                disable=not verbose)
     model.train()
-    tick, seen = time.time(), 0
+    tick, seen, loop_seconds = time.time(), 0, 0.0
     for step in bar:
+        step_start = time.time()
         captions, rep, t2i, drop, g = data.batch(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -189,6 +192,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
         optimizer.step()
         if ema is not None:
             ema.update(model)
+        loop_seconds += time.time() - step_start  # optimiser steps only: sample grids and saves are not training
         seen += len(captions)
         done = step + 1
         if done % cfg.log_every == 0 or done == end:

@@ -167,6 +167,7 @@ class Block(nn.Module):
         self.modulation = None
         if adaln:
             self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(d_model, 6 * d_model))
+            self.modulation.per_sequence = True  # one timestep per sequence (FLOP counting in compare.py)
             nn.init.zeros_(self.modulation[1].weight)
             nn.init.zeros_(self.modulation[1].bias)
             # init_weights sees this and keeps it zero, even when a model re-applies init_weights

@@ -29,6 +29,8 @@ from minimfm.transformer import KVCache, init_weights
 class TimestepEmbedding(nn.Module):
     """DiT's timestep embedder: sinusoidal features of t (as for Transformer positions), then a 2-layer MLP."""
 
+    per_sequence = True  # runs once per sequence, not per token (FLOP counting, minimfm/compare.py)
+
     def __init__(self, d_model: int, freq_dim: int = 256):
         super().__init__()
         self.freq_dim = freq_dim

@@ -1,0 +1,163 @@
+"""The paradigm comparison: FLOP counting per mode, budget matching, results.json schema, resume, claim rows."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import DATA, needs_mnist
+from helpers import install_random_vq, tiny_config
+from minimfm import compare as C
+from minimfm.checkpoint import save_atomic
+from minimfm.claims import claim_rows
+from minimfm.judge import Judge
+from minimfm.runs import build_model
+from minimfm.tokenizers.latent import PatchLatent
+from minimfm.tokenizers.store import tokenizer_path
+from minimfm.tokenizers.training import tokenizer_to_checkpoint
+from minimfm.tokenizers.vq import VQTokenizer
+
+
+def toy_model(mode, **overrides):
+    cfg = tiny_config(mode, latent_kind="patch", **overrides)
+    torch.manual_seed(0)
+    tokenizer = PatchLatent(1, patch=4) if mode == "diffusion" else \
+        VQTokenizer(1, codebook_size=cfg.vq_codebook_size, code_dim=cfg.vq_code_dim, hidden=16)
+    return build_model(cfg, tokenizer)
+
+
+def linear_params(modules) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+@pytest.mark.parametrize("mode", ["ar", "masked", "diffusion"])
+def test_step_flops_counts_every_per_token_matmul(mode):
+    model = toy_model(mode)
+    cfg = model.cfg
+    # by hand: every nn.Linear / conv weight is applied per token, except the timestep MLP (once per sequence)
+    per_sequence = set(model.time_emb.modules()) if mode == "diffusion" else set()
+    per_sequence |= set(model.image_tokenizer.modules())  # frozen: encodes the data once, not trained
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))
+              and m not in per_sequence]
+    norms = [p for n, p in model.named_parameters() if "norm" in n]  # RMSNorm gains: one multiply per feature
+    N = linear_params(layers) + sum(p.numel() for p in norms)
+    T = model.layout.length
+    expected = cfg.batch_size * T * (6 * N + 12 * cfg.n_layer * cfg.d_model * T)
+    assert C.step_flops(model, cfg.batch_size) == expected
+    assert C.step_flops(model, 2 * cfg.batch_size) == 2 * expected
+
+
+def test_masked_sequence_is_one_token_longer_and_costs_more_per_step():
+    ar, masked = toy_model("ar"), toy_model("masked")
+    assert masked.layout.length == ar.layout.length + 1  # Show-o's task token
+    assert C.step_flops(masked, 8) > C.step_flops(ar, 8)
+
+
+def test_budget_matching_gives_each_mode_the_same_flops():
+    per_step = {"ar": 3.0e9, "masked": 3.1e9, "diffusion": 2.9e9}
+    steps = C.steps_for_budget(per_step, 3000 * 3.0e9)
+    assert steps["ar"] == 3000 and steps["masked"] == 2903 and steps["diffusion"] == 3103
+    for mode, s in steps.items():  # rounding leaves at most half a step of difference
+        assert abs(s * per_step[mode] - 3000 * 3.0e9) <= per_step[mode] / 2
+    with pytest.raises(ValueError, match="less than one step of ar"):
+        C.steps_for_budget(per_step, 1e9)
+    assert C.steps_for_minutes({"ar": 0.5, "masked": 2.0}, 1) == {"ar": 120, "masked": 30}
+    with pytest.raises(ValueError, match="positive"):
+        C.steps_for_minutes({"ar": 0.5}, 0)
+
+
+def install_tokenizers(cfg):
+    install_random_vq(cfg)
+    torch.manual_seed(0)
+    judge = Judge(1).eval()
+    save_atomic(tokenizer_to_checkpoint(judge, kind="judge", dataset="mnist"), tokenizer_path(cfg, "judge"))
+    patch = PatchLatent(1, patch=4)
+    save_atomic(tokenizer_to_checkpoint(patch, kind="latent", dataset="mnist"), tokenizer_path(cfg, "latent"))
+
+
+FAST = dict(curve_points=2, sweep_n=10, sweep_steps={"masked": (1, 2), "diffusion": (2,)}, verbose=False)
+
+
+@needs_mnist
+def test_results_schema_and_resume_keeps_finished_modes(tmp_path, monkeypatch):
+    cfg = tiny_config("ar", runs_dir=str(tmp_path), data_root=str(DATA), limit_train=64, batch_size=8,
+                      max_steps=4, warmup_steps=1, log_every=1, latent_kind="patch", eval_samples=10,
+                      eval_captions=10, threads=1)
+    install_tokenizers(cfg)
+    out = C.compare(cfg, modes=("ar",), **FAST)
+    state = json.loads((out / "results.json").read_text())
+    assert list(state["modes"]) == ["ar"] and state["plan"]["steps"]["ar"] == 4
+    ar = state["modes"]["ar"]
+    for key in ("prompted_accuracy", "attribute_match", "frechet_distance", "frechet_floor", "caption_accuracy",
+                "caption_perplexity", "images_per_second", "seconds_per_image", "nfe_per_image", "train_flops",
+                "train_seconds", "steps_trained", "curve", "step_sweep", "cfg_check"):
+        assert key in ar, key
+    assert [p["step"] for p in ar["curve"]] == [2, 4]
+    assert ar["curve"][-1]["flops"] == ar["train_flops"] == 4 * state["plan"]["flops_per_step"]["ar"]
+    assert ar["nfe_per_image"] == 49 and [p["nfe_per_image"] for p in ar["step_sweep"]] == [49]
+    assert 0 <= ar["prompted_accuracy"] <= 1 and ar["train_seconds"] > 0
+    assert "| ar | 4 |" in (out / "results.md").read_text()
+
+    trained = []
+    real_run_mode = C.run_mode
+    monkeypatch.setattr(C, "run_mode", lambda base, mode, *a, **k: trained.append(mode) or
+                        real_run_mode(base, mode, *a, **k))
+    out = C.compare(cfg, modes=("ar", "masked", "diffusion"), **FAST)
+    state2 = json.loads((out / "results.json").read_text())
+    assert trained == ["masked", "diffusion"]  # ar was finished: kept, not retrained
+    assert state2["modes"]["ar"] == ar
+    assert [p["nfe_per_image"] for p in state2["modes"]["masked"]["step_sweep"]] == [1, 2]
+    for name in ("quality_vs_steps.png", "quality_vs_compute.png", "samples.png"):
+        assert (out / name).stat().st_size > 1000
+
+    with pytest.raises(Exception, match="other settings or budget"):
+        C.compare(cfg, budget_flops=2 * state["plan"]["flops"]["ar"], modes=("ar",), **FAST)
+
+
+@needs_mnist
+def test_an_interrupted_mode_resumes_from_its_last_segment(tmp_path, monkeypatch):
+    cfg = tiny_config("ar", runs_dir=str(tmp_path), data_root=str(DATA), limit_train=64, batch_size=8,
+                      max_steps=4, warmup_steps=1, log_every=1, latent_kind="patch", eval_samples=10,
+                      eval_captions=10, threads=1)
+    install_tokenizers(cfg)
+    calls = []
+    real_evaluate = C.evaluate_checkpoint
+
+    def evaluate_then_crash(path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:  # the second evaluation: after the final segment
+            raise KeyboardInterrupt
+        return real_evaluate(path, *a, **k)
+
+    monkeypatch.setattr(C, "evaluate_checkpoint", evaluate_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        C.compare(cfg, modes=("ar",), **FAST)
+    curve = json.loads((tmp_path / "compare-mnist-smoke" / "ar" / "curve.json").read_text())
+    assert [p["step"] for p in curve] == [2]  # the first half's evaluation survived
+    monkeypatch.setattr(C, "evaluate_checkpoint", real_evaluate)
+    out = C.compare(cfg, modes=("ar",), **FAST)
+    assert [p["step"] for p in json.loads((out / "results.json").read_text())["modes"]["ar"]["curve"]] == [2, 4]
+
+
+def fake(acc, fd, cap=0.9):
+    return {"prompted_accuracy": acc, "frechet_distance": fd, "caption_accuracy": cap}
+
+
+def test_claim_rows_report_the_sign_they_measure():
+    runs = {"baseline": fake(0.9, 50), "causal": fake(0.8, 70), "conv": fake(0.92, 60), "lambda5": fake(0.9, 45),
+            "lambda10": fake(0.85, 55)}
+    sweep = [{"steps": t, "frechet_distance": fd, "nfe_per_image": t} for t, fd in
+             [(1, 90), (2, 75), (4, 70), (8, 62), (12, 60), (16, 59.5)]]
+    state = {"modes": {m: {"step_sweep": sweep, "cfg_check": {"cfg_scale": 3.0, "prompted_accuracy_cfg": 0.9,
+                                                               "prompted_accuracy_no_cfg": 0.7}} for m in C.MODES}}
+    rows = {r["claim"]: r for r in claim_rows(runs, state, 600, 200)}
+    assert rows["a"]["agrees"] is True and rows["b"]["agrees"] is False
+    assert rows["c"]["agrees"] is True and rows["d"]["agrees"] is True
+    assert "best FD λ=5" in rows["e"]["ours"] and rows["e"]["agrees"] is None
+    runs["causal"] = fake(0.95, 40)
+    sweep[-1]["frechet_distance"] = 40  # still improving a lot after 12 steps: no saturation
+    state["modes"]["ar"]["cfg_check"]["prompted_accuracy_cfg"] = 0.6
+    rows = {r["claim"]: r for r in claim_rows(runs, state, 600, 200)}
+    assert rows["a"]["agrees"] is False and rows["c"]["agrees"] is False and rows["d"]["agrees"] is False
+    rows = {r["claim"]: r for r in claim_rows(runs, None, 600, 200)}
+    assert rows["c"]["ours"] == "not run" and rows["d"]["agrees"] is None

@@ -1,4 +1,5 @@
-"""`python -m minimfm <command>`: train, sample, caption, evaluate, compare, claims, tokenizer.
+"""`python -m minimfm <command>`: train, sample, caption, evaluate, compare, claims, bench,
+tokenizer.
 
 Every error a user can cause (bad flag, missing dataset, wrong checkpoint, unknown prompt word) ends the
 program with one line on stderr and a non-zero exit code, never a traceback.
@@ -48,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comparison folder whose step sweep and CFG check feed claims c and d "
                         "(default: compare-<dataset>-<preset>)")
     p.add_argument("--n", type=int, default=200, help="generated images and captions per claim evaluation")
+
+    p = sub.add_parser("bench", help="training speed of a config: tokens/s, images/s, MFU of the measured peak")
+    add_config_flags(p)
+    p.add_argument("--steps", type=int, default=5, help="timed training steps (the median is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocation, compilation)")
+    p.add_argument("--out", default=None, help="also write the figures as JSON here")
 
     p = sub.add_parser("tokenizer", help="train an image tokenizer or the evaluation judge")
     p.add_argument("action", choices=["train"], help="what to do")

@@ -10,8 +10,9 @@ to show how to check a claim, not to settle it.
     d  classifier-free guidance raises prompted accuracy                    all three papers (from `compare`)
     e  diffusion: image-loss weight λ in {1, 5, 10}                         Transfusion fixes λ = 5, no sweep
 
-Claims a, b and e train diffusion runs that differ in ONE setting, with the same seed, data order and steps.
-Claims c and d read the step sweep and the CFG check of the comparison's finished runs.
+Claims a, b and e train diffusion runs that differ in ONE setting, with the same seed, data order and steps;
+a second seed of the baseline measures the difference chance alone makes, and a sign smaller than that is
+reported as "within seed noise". Claims c and d read the step sweep and the CFG check of the comparison's runs.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from minimfm.config import Config
 # name -> the one setting that differs from the diffusion baseline
 CLAIM_RUNS = {
     "baseline": {},
+    "baseline_seed1": {"seed": 1},  # the same run with another seed: how big is a difference made by chance?
     "causal": {"image_attention": "causal"},
     "conv": {"patch_encoder": "conv"},
     "lambda5": {"image_loss_weight": 5.0},
@@ -64,15 +66,21 @@ def claim_rows(runs: dict, compare_state: dict | None, steps: int, n: int) -> li
     def fd(r: dict) -> str:
         return f"{r['prompted_accuracy']:.3f} / {r['frechet_distance']:.1f}"
 
-    better = base["frechet_distance"] < runs["causal"]["frechet_distance"]
+    noise = abs(base["frechet_distance"] - runs["baseline_seed1"]["frechet_distance"])
+
+    def beyond_noise(a: dict, b: dict) -> bool:
+        return abs(a["frechet_distance"] - b["frechet_distance"]) > noise
+
     rows.append({"claim": "a", "setting": f"diffusion, {steps} steps: bidirectional vs causal inside the image",
                  "metric": acc_fd, "ours": f"{fd(base)} vs {fd(runs['causal'])}",
                  "paper": "bidirectional better (Transfusion Table 5: lower FID)",
-                 "agrees": better})
-    better = runs["conv"]["frechet_distance"] < base["frechet_distance"]
+                 "agrees": base["frechet_distance"] < runs["causal"]["frechet_distance"],
+                 "beyond_noise": beyond_noise(base, runs["causal"])})
     rows.append({"claim": "b", "setting": f"diffusion, {steps} steps: conv vs linear patch encoder",
                  "metric": acc_fd, "ours": f"{fd(runs['conv'])} vs {fd(base)}",
-                 "paper": "U-Net (conv) layers better (Transfusion Table 7)", "agrees": better})
+                 "paper": "U-Net (conv) layers better (Transfusion Table 7)",
+                 "agrees": runs["conv"]["frechet_distance"] < base["frechet_distance"],
+                 "beyond_noise": beyond_noise(base, runs["conv"])})
     masked = (compare_state or {}).get("modes", {}).get("masked")
     if masked:
         sweep = {p["steps"]: p for p in masked["step_sweep"]}
@@ -105,11 +113,17 @@ def claim_rows(runs: dict, compare_state: dict | None, steps: int, n: int) -> li
     return rows
 
 
-def claims_markdown(rows: list[dict], n: int) -> str:
-    mark = {True: "yes", False: "no", None: "-"}
-    lines = [f"Each evaluation: {n} generated images and {n} captions (judge on MNIST test prompts).", "",
+def claims_markdown(rows: list[dict], n: int, seed_noise: dict | None = None) -> str:
+    def mark(row: dict) -> str:
+        text = {True: "yes", False: "no", None: "-"}[row["agrees"]]
+        return text + (", within seed noise" if row.get("beyond_noise") is False else "")
+    noise = "" if not seed_noise else (
+        f" Seed noise (baseline, seed 0 vs 1): prompted accuracy {seed_noise['prompted_accuracy']:.3f} vs "
+        f"{seed_noise['prompted_accuracy_seed1']:.3f}, Fréchet distance {seed_noise['frechet_distance']:.1f} vs "
+        f"{seed_noise['frechet_distance_seed1']:.1f}.")
+    lines = [f"Each evaluation: {n} generated images and {n} captions (judge on MNIST test prompts).{noise}", "",
              "| claim | setting | metric | ours | paper's direction | same sign |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['claim']} | {r['setting']} | {r['metric']} | {r['ours']} | {r['paper']} | {mark[r['agrees']]} |"
+    lines += [f"| {r['claim']} | {r['setting']} | {r['metric']} | {r['ours']} | {r['paper']} | {mark(r)} |"
               for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -131,5 +145,9 @@ def run_claims(base: Config, *, steps: int = 600, n: int = 200, compare_name: st
     compare_state = json.loads(compare_file.read_text()) if compare_file.is_file() else None
     rows = claim_rows(runs, compare_state, steps, n)
     (out / "claims.json").write_text(json.dumps({"steps": steps, "n": n, "rows": rows, "runs": runs}, indent=2))
-    (out / "claims.md").write_text(claims_markdown(rows, n))
+    seed_noise = {"prompted_accuracy": runs["baseline"]["prompted_accuracy"],
+                  "prompted_accuracy_seed1": runs["baseline_seed1"]["prompted_accuracy"],
+                  "frechet_distance": runs["baseline"]["frechet_distance"],
+                  "frechet_distance_seed1": runs["baseline_seed1"]["frechet_distance"]}
+    (out / "claims.md").write_text(claims_markdown(rows, n, seed_noise))
     return out

@@ -124,3 +124,15 @@ def claims(args) -> int:
     print((out / "claims.md").read_text())
     print(f"wrote {out}/claims.json and claims.md")
     return 0
+
+
+def bench(args) -> int:
+    import json
+    from minimfm.bench import bench as run_bench, format_bench
+    result = run_bench(config_from_args(args), steps=args.steps, warmup=args.warmup)
+    print(format_bench(result))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.out}")
+    return 0

@@ -1,4 +1,6 @@
-"""Figures of a comparison (minimfm/compare.py): quality vs sampling steps, vs training compute, and samples."""
+"""Figures of a comparison (minimfm/compare.py): quality vs sampling steps, vs training compute, and samples.
+
+Each function returns the figure, or saves it to `out` and closes it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +10,17 @@ import torch
 COLOURS = {"ar": "tab:blue", "masked": "tab:orange", "diffusion": "tab:green"}
 
 
-def plot_steps(state: dict, out: Path) -> None:
+def _finish(fig, out: Path | None):
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    if out is None:
+        return fig
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return None
+
+
+def plot_steps(state: dict, out: Path | None = None):
     """Prompted accuracy and Fréchet distance against transformer evaluations per image (AR is one point)."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -26,12 +38,10 @@ def plot_steps(state: dict, out: Path) -> None:
         axes[1].axhline(n["frechet_floor"], color="grey", linestyle=":", label="real-data floor")
         axes[1].legend()
     fig.suptitle("quality vs sampling steps (same training budget)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    return _finish(fig, out)
 
 
-def plot_compute(state: dict, out: Path) -> None:
+def plot_compute(state: dict, out: Path | None = None):
     """Prompted and caption accuracy at evaluations along training, against training FLOPs."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -42,19 +52,17 @@ def plot_compute(state: dict, out: Path) -> None:
     for ax, label in zip(axes, ("prompted accuracy (judge)", "caption accuracy")):
         ax.set_xlabel("training FLOPs"), ax.set_ylabel(label), ax.grid(alpha=0.3), ax.legend()
     fig.suptitle("quality vs training compute")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    return _finish(fig, out)
 
 
 @torch.no_grad()
-def plot_samples(folder: Path, modes: list[str], dataset: str, out: Path, seed: int = 0) -> None:
+def plot_samples(folder: Path, modes: list[str], dataset: str, out: Path | None = None, seed: int = 0):
     """One row per mode, one column per class, the same prompts and seed for every mode."""
     import matplotlib.pyplot as plt
     from minimfm.runs import load_model
     from minimfm.train import sample_prompts
     if not modes:
-        return
+        return None
     prompts = sample_prompts(dataset)
     fig, axes = plt.subplots(len(modes), len(prompts), figsize=(1.2 * len(prompts), 1.35 * len(modes) + 0.4),
                              squeeze=False)
@@ -68,6 +76,4 @@ def plot_samples(folder: Path, modes: list[str], dataset: str, out: Path, seed: 
             if row == 0:
                 ax.set_title(prompts[col], fontsize=7)
         axes[row, 0].set_ylabel(f"{mode}\nNFE {model.last_nfe}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    return _finish(fig, out)

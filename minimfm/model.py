@@ -91,8 +91,12 @@ class MultimodalModel(nn.Module):
         return attention_mask(modality, self.mask_kind)
 
     def hidden(self, batch: Batch, image_inputs: torch.Tensor | None, **kwargs) -> torch.Tensor:
-        """Full-sequence forward: (B, T, D) final hidden states."""
+        """Full-sequence forward: (B, T, D) final hidden states (dense mask, or FlexAttention with --attention flex)."""
         x = self.embed_sequence(batch.tokens, batch.modality, image_inputs)
+        if self.cfg.attention == "flex":
+            from minimfm.masks import flex_block_mask
+            block_mask = flex_block_mask(batch.modality, self.mask_kind)  # skips fully masked 128x128 tiles
+            return self.transformer(x, None, batch.positions, block_mask=block_mask, **kwargs)
         return self.transformer(x, self.mask(batch.modality), batch.positions, **kwargs)
 
     def text_loss(self, h: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -107,6 +111,12 @@ class MultimodalModel(nn.Module):
         return pack(captions, t2i, self.tok, self.layout).to(self.device)
 
     # -------------------------------------------------------------------------------------- training
+    def forward(self, captions: list[list[int]], rep: torch.Tensor, t2i: torch.Tensor, drop: torch.Tensor,
+                generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """The training loss: forward() is what DistributedDataParallel and torch.compile wrap (train.py).
+        Sampling and captioning have their own methods."""
+        return self.training_loss(captions, rep, t2i, drop, generator)
+
     def training_loss(self, captions: list[list[int]], rep: torch.Tensor, t2i: torch.Tensor, drop: torch.Tensor,
                       generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         """Mode hook: total loss and a dict of floats to log. `rep` are codes (B, N) or latents (B, N, d)."""

@@ -31,6 +31,14 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def check_training_device(cfg: Config, device: torch.device) -> None:
+    """Refuse settings the device cannot train with, before any work is done."""
+    from minimfm.config import ConfigError
+    if cfg.attention == "flex" and device.type != "cuda":
+        raise ConfigError(f"--attention flex: FlexAttention has no backward pass on {device.type} in torch "
+                          f"{torch.__version__.split('+')[0]}; train with --attention sdpa (the same mask, dense)")
+
+
 def caption_room(dataset: str) -> int:
     """Longest caption the grammar writes (in tokens): every template filled with the longest words."""
     from minimfm.data import CIFAR_TEMPLATES, MNIST_TEMPLATES

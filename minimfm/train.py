@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from minimfm.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from minimfm.config import Config
 from minimfm.data import CaptionedDataset, class_words, prompt_for
-from minimfm.runs import build_model, image_tokenizer_for, model_checkpoint, select_device
+from minimfm.runs import build_model, check_training_device, image_tokenizer_for, model_checkpoint, select_device
 
 
 class EMA:
@@ -139,14 +139,36 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
     return run
 
 
+def micro_batch_generator(cfg: Config, step: int, index: int, n_micro: int, step_generator: torch.Generator
+                          ) -> torch.Generator:
+    """The generator a micro-batch draws its masking / noise from: with one micro-batch, the step's own
+    generator (so unsplit runs are unchanged); with several, one seeded by (seed, step, index), which makes the
+    draws independent of how many processes share the batch."""
+    if n_micro == 1:
+        return step_generator
+    return torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 4099 + index)
+
+
 def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: bool = True,
           stop_after: int | None = None) -> Path:
-    """Train cfg.mode on cfg.dataset; returns the run folder. `stop_after` ends early (tests of resume)."""
+    """Train cfg.mode on cfg.dataset; returns the run folder. `stop_after` ends early (tests of resume).
+
+    Under torchrun the same function runs in every process (minimfm/distributed.py): the model is wrapped in
+    DistributedDataParallel, each process runs its share of the micro-batches, and only rank 0 writes the
+    run folder (checkpoints, metrics, samples) and shows a progress bar.
+    """
+    from minimfm import distributed
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = select_device(cfg.device)
-    run = prepare_run_dir(cfg, resume, overwrite)
-    image_tokenizer, tokenizer_ckpt = image_tokenizer_for(cfg, verbose)
+    ctx, device = distributed.setup(select_device(cfg.device))
+    check_training_device(cfg, device)
+    verbose = verbose and ctx.is_main
+    if ctx.is_main:  # rank 0 builds any missing tokenizer and the run folder; the others wait, then read them
+        run = prepare_run_dir(cfg, resume, overwrite)
+        image_tokenizer_for(cfg, verbose)
+    distributed.barrier(ctx)
+    run = Path(cfg.runs_dir) / cfg.name
+    image_tokenizer, tokenizer_ckpt = image_tokenizer_for(cfg, verbose=False)
     torch.manual_seed(cfg.seed)  # after the tokenizer: whether it was cached must not change the init
     model = build_model(cfg, image_tokenizer).to(device)
     optimizer = make_optimizer(model, cfg, device)
@@ -163,14 +185,25 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
             ema.load_state_dict(ckpt["ema"])
         step = ckpt["step"]
         seconds_before = ckpt.get("train_seconds", 0.0)
-    (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if ctx.is_main:
+        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     data = TrainingData(cfg, model, verbose)
+    rows, n_micro = distributed.micro_batches(cfg.batch_size, cfg.micro_batch_size, ctx)
+    # forward() is the training loss, so DDP and torch.compile wrap the same call the single process makes
+    net = model
+    if ctx.active:
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      broadcast_buffers=False)  # the frozen tokenizer's buffers never change
+    if cfg.compile:
+        net = torch.compile(net)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    metrics_file = (run / "metrics.jsonl").open("a")
+    metrics_file = (run / "metrics.jsonl").open("a") if ctx.is_main else None
 
     def save(at_step: int) -> None:
-        save_atomic(model_checkpoint(model, tokenizer_ckpt, step=at_step, optimizer=optimizer, ema=ema,
-                                     train_seconds=seconds_before + loop_seconds), ckpt_path)
+        if ctx.is_main:
+            save_atomic(model_checkpoint(model, tokenizer_ckpt, step=at_step, optimizer=optimizer, ema=ema,
+                                         train_seconds=seconds_before + loop_seconds), ckpt_path)
 
     end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
     bar = tqdm(range(step, end), initial=step, total=cfg.max_steps, desc=f"{cfg.mode} {cfg.dataset}",
@@ -183,31 +216,44 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, if any, is a function of the step too
-        with autocast:
-            loss, logs = model.training_loss(captions, rep.to(device), t2i, drop, g)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        logs: dict[str, float] = {}
+        for i, (a, b) in enumerate(rows):
+            generator = micro_batch_generator(cfg, step, a * n_micro // cfg.batch_size, n_micro, g)
+            last = i == len(rows) - 1
+            sync = nullcontext() if last or not ctx.active else net.no_sync()  # all-reduce once, after the last
+            with sync:
+                with autocast:
+                    loss, micro_logs = net(captions[a:b], rep[a:b].to(device), t2i[a:b], drop[a:b], generator)
+                # each process averages its len(rows) micro-batches and DDP averages over processes: the
+                # gradient is the mean over all n_micro micro-batches, whatever the world size
+                (loss if n_micro == 1 else loss / len(rows)).backward()
+            for k, v in micro_logs.items():
+                logs[k] = logs.get(k, 0.0) + v / len(rows)
+        logs = distributed.mean_over_processes(logs, ctx, device)
         if cfg.grad_clip:
             logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         optimizer.step()
         if ema is not None:
             ema.update(model)
         loop_seconds += time.time() - step_start  # optimiser steps only: sample grids and saves are not training
-        seen += len(captions)
+        seen += cfg.batch_size
         done = step + 1
-        if done % cfg.log_every == 0 or done == end:
+        if ctx.is_main and (done % cfg.log_every == 0 or done == end):
             rate = seen / (time.time() - tick)
             tick, seen = time.time(), 0
             bar.set_postfix(loss=f"{logs['loss']:.3f}", img_s=f"{rate:.0f}")
             metrics_file.write(json.dumps({"step": done, "lr": lr_at(step, cfg), "images_per_s": rate,
                                            **logs}) + "\n")
             metrics_file.flush()
-        if cfg.sample_every and done % cfg.sample_every == 0 and done < end:
+        if ctx.is_main and cfg.sample_every and done % cfg.sample_every == 0 and done < end:
             write_samples(model, run / "samples" / f"step{done:06d}.png", cfg.seed)
         if done % cfg.ckpt_every == 0 or done == end:
             save(done)
-    metrics_file.close()
-    plot_losses(run / "metrics.jsonl", run / "loss.png")
-    if stop_after is None or end == cfg.max_steps:
-        write_samples(model, run / "samples" / "final.png", cfg.seed)
+    if ctx.is_main:
+        metrics_file.close()
+        plot_losses(run / "metrics.jsonl", run / "loss.png")
+        if stop_after is None or end == cfg.max_steps:
+            write_samples(model, run / "samples" / "final.png", cfg.seed)
+    distributed.teardown(ctx)
     return run

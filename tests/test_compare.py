@@ -9,7 +9,7 @@ from conftest import DATA, needs_mnist
 from helpers import install_random_vq, tiny_config
 from minimfm import compare as C
 from minimfm.checkpoint import save_atomic
-from minimfm.claims import claim_rows
+from minimfm.claims import claim_rows, claims_markdown
 from minimfm.judge import Judge
 from minimfm.runs import build_model
 from minimfm.tokenizers.latent import PatchLatent
@@ -144,7 +144,7 @@ def fake(acc, fd, cap=0.9):
 
 
 def test_claim_rows_report_the_sign_they_measure():
-    runs = {"baseline": fake(0.9, 50), "causal": fake(0.8, 70), "conv": fake(0.92, 60), "lambda5": fake(0.9, 45),
+    runs = {"baseline": fake(0.9, 50), "baseline_seed1": fake(0.9, 53), "causal": fake(0.8, 70), "conv": fake(0.92, 60), "lambda5": fake(0.9, 45),
             "lambda10": fake(0.85, 55)}
     sweep = [{"steps": t, "frechet_distance": fd, "nfe_per_image": t} for t, fd in
              [(1, 90), (2, 75), (4, 70), (8, 62), (12, 60), (16, 59.5)]]
@@ -152,6 +152,12 @@ def test_claim_rows_report_the_sign_they_measure():
                                                                "prompted_accuracy_no_cfg": 0.7}} for m in C.MODES}}
     rows = {r["claim"]: r for r in claim_rows(runs, state, 600, 200)}
     assert rows["a"]["agrees"] is True and rows["b"]["agrees"] is False
+    assert rows["a"]["beyond_noise"] is True  # |70 - 50| > seed noise |53 - 50|
+    assert "within seed noise" not in claims_markdown([rows["a"]], 200)
+    runs["conv"] = fake(0.9, 48)  # better by 2 < seed noise 3
+    rows = {r["claim"]: r for r in claim_rows(runs, state, 600, 200)}
+    assert rows["b"]["agrees"] is True and rows["b"]["beyond_noise"] is False
+    assert "yes, within seed noise" in claims_markdown([rows["b"]], 200)
     assert rows["c"]["agrees"] is True and rows["d"]["agrees"] is True
     assert "best FD λ=5" in rows["e"]["ours"] and rows["e"]["agrees"] is None
     runs["causal"] = fake(0.95, 40)

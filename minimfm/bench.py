@@ -119,7 +119,7 @@ def bench(cfg: Config, steps: int = 5, warmup: int = 2, verbose: bool = True) ->
 
 
 def format_bench(r: dict) -> str:
-    where = f"{r['device']}" + (f", {r['threads']} threads" if r["threads"] else "")
+    where = f"{r['device']}" + (f", {r['threads']} thread{'s' * (r['threads'] > 1)}" if r["threads"] else "")
     return "\n".join([
         f"{r['mode']} on {r['dataset']}, preset {r['preset']} ({where}; compile {r['compile']}, "
         f"attention {r['attention']}): batch {r['batch_size']} x {r['sequence_length']} positions, "

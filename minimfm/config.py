@@ -47,7 +47,8 @@ class Config:
     # optimisation
     batch_size: int = _f(64, "sequences per optimiser step (global, across processes)")
     micro_batch_size: int = _f(0, "sequences per forward/backward pass; fewer than the per-process share "
-                                  "accumulates gradients (0 = batch_size / processes)")
+                                  "accumulates gradients (0 = batch_size / processes; set it explicitly to get "
+                                  "the same masks and noise on any number of processes)")
     max_steps: int = _f(3000, "optimiser steps")
     lr: float = _f(1e-3, "peak learning rate (AdamW)")
     min_lr: float = _f(1e-4, "learning rate at the end of the cosine decay")

@@ -52,7 +52,7 @@ def judge_reference_metrics(cfg: Config, judge, test_images, test_labels) -> dic
     from torchvision.transforms.functional import gaussian_blur
     from minimfm.judge import frechet_distance, judge_accuracy, judge_features
     train_images, _ = load_images(cfg.dataset, "train", cfg.data_root)
-    n = min(10_000, len(test_images))
+    n = min(10_000, len(test_images), cfg.limit_train or len(test_images))  # a quick (limited) run: a quick floor
     f_test = judge_features(judge, test_images[:n])
     return {"test_accuracy": judge_accuracy(judge, test_images, test_labels),
             "fd_train_vs_test": frechet_distance(judge_features(judge, train_images[:n]), f_test),

@@ -206,6 +206,20 @@ def make_caption(dataset: str, label: int, attrs: dict[str, str], index: int, se
     return template.format(name=CIFAR_CLASSES[label], **attrs)
 
 
+def mentioned_attributes(caption: str, dataset: str) -> dict[str, str]:
+    """The attributes a caption asks for: not every template names every attribute ("the digit 7, written bold"
+    says nothing about slant), and evaluation must only score what the prompt asked for."""
+    words = caption.replace(",", " ").split()
+    found: dict[str, str] = {}
+    if dataset == "mnist":
+        found.update({"thickness": w for w in words if w in ("thin", "regular", "bold")})
+        found.update({"slant": value for value, phrase in _SLANT_PHRASE.items() if phrase in caption})
+    else:
+        found.update({"brightness": w for w in words if w in ("dark", "medium", "bright")})
+        found.update({"colour": w for w in words if w in ("grey",) + tuple(c for c, _ in COLOUR_HUES)})
+    return found
+
+
 def caption_vocabulary(dataset: str) -> list[str]:
     """Every word the caption grammar can produce, in a fixed order (the text tokenizer's vocabulary)."""
     words: list[str] = []

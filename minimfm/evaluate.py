@@ -14,7 +14,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from minimfm.data import CaptionedDataset, attributes, class_words
+from minimfm.data import CaptionedDataset, attributes, class_words, mentioned_attributes
 from minimfm.judge import frechet_distance, judge_features
 
 
@@ -56,9 +56,13 @@ def evaluate(model, judge, *, n_samples: int, n_captions: int, cfg_scale: float 
     target = test.labels[idx]
     predicted = judge(images.to(model.device)).argmax(-1).cpu()
     got = attributes(cfg.dataset, images)
-    want = [test.attributes[i] for i in idx]
-    keys = list(want[0])
-    per_attr = {k: sum(g[k] == w[k] for g, w in zip(got, want)) / len(idx) for k in keys}
+    # score only the attributes each prompt names (its template may leave some out); they equal the source image's
+    want = [mentioned_attributes(p, cfg.dataset) for p in prompts]
+    keys = list(test.attributes[0])
+    per_attr = {}
+    for k in keys:
+        asked = [(g[k], w[k]) for g, w in zip(got, want) if k in w]
+        per_attr[k] = sum(a == b for a, b in asked) / max(1, len(asked))
 
     # --- Fréchet distance in judge feature space, and the real-data floor at the same sample size
     test_feats = judge_features(judge, test.images.to(model.device)).cpu()

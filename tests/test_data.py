@@ -82,3 +82,17 @@ def test_attribute_balance_on_mnist():
         values = [a[key] for a in attributes("mnist", images)]
         shares = [values.count(v) / len(values) for v in set(values)]
         assert len(shares) == 3 and min(shares) > 0.2, (key, shares)
+
+
+def test_mentioned_attributes_are_exactly_what_the_caption_names():
+    from minimfm.data import mentioned_attributes
+    assert mentioned_attributes("a bold seven leaning right", "mnist") == {"thickness": "bold", "slant": "right"}
+    assert mentioned_attributes("the digit 7, written thin", "mnist") == {"thickness": "thin"}
+    assert mentioned_attributes("the number one standing upright, drawn regular", "mnist") == \
+        {"thickness": "regular", "slant": "upright"}
+    assert mentioned_attributes("a bright picture of a ship", "cifar10") == {"brightness": "bright"}
+    assert mentioned_attributes("this cat is grey and dark", "cifar10") == {"colour": "grey", "brightness": "dark"}
+    for i in range(50):  # every generated caption names the attributes it was written from, and only those
+        attrs = {"thickness": ("thin", "regular", "bold")[i % 3], "slant": ("left", "upright", "right")[i % 3]}
+        named = mentioned_attributes(make_caption("mnist", 7, attrs, i), "mnist")
+        assert named and all(attrs[k] == v for k, v in named.items())

@@ -58,13 +58,14 @@ def plot_compute(state: dict, out: Path | None = None):
 @torch.no_grad()
 def plot_samples(folder: Path, modes: list[str], dataset: str, out: Path | None = None, seed: int = 0):
     """One row per mode, one column per class, the same prompts and seed for every mode."""
+    import textwrap
     import matplotlib.pyplot as plt
     from minimfm.runs import load_model
     from minimfm.train import sample_prompts
     if not modes:
         return None
     prompts = sample_prompts(dataset)
-    fig, axes = plt.subplots(len(modes), len(prompts), figsize=(1.2 * len(prompts), 1.35 * len(modes) + 0.4),
+    fig, axes = plt.subplots(len(modes), len(prompts), figsize=(1.25 * len(prompts), 1.35 * len(modes) + 0.7),
                              squeeze=False)
     for row, mode in enumerate(modes):
         model = load_model(folder / mode / "ckpt.pt", "cpu")
@@ -74,6 +75,6 @@ def plot_samples(folder: Path, modes: list[str], dataset: str, out: Path | None 
             ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
             if row == 0:
-                ax.set_title(prompts[col], fontsize=7)
+                ax.set_title(textwrap.fill(prompts[col], 16), fontsize=7)
         axes[row, 0].set_ylabel(f"{mode}\nNFE {model.last_nfe}", fontsize=9)
     return _finish(fig, out)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -49,7 +50,8 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # generous timeout: the other ranks wait at a barrier while rank 0 trains any missing tokenizer
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
     return Context(dist.get_rank(), dist.get_world_size(), local_rank), device
 
 

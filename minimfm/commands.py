@@ -89,7 +89,6 @@ def caption(args) -> int:
 
 
 def evaluate(args) -> int:
-    import json
     from minimfm.evaluate import evaluate as run_evaluation, format_results
     from minimfm.runs import load_model
     from minimfm.tokenizers.store import get_tokenizer
@@ -99,12 +98,18 @@ def evaluate(args) -> int:
     results = run_evaluation(model, judge, n_samples=n, n_captions=min(n, model.cfg.eval_captions),
                              cfg_scale=args.cfg_scale, steps=args.steps, seed=args.seed)
     results["ckpt"] = str(args.ckpt)
-    print(format_results(results))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.out}")
+    _report(format_results(results), results, args.out)
     return 0
+
+
+def _report(text: str, results: dict, out: str | None) -> None:
+    """Print a command's table, and write its figures as JSON when --out is given."""
+    import json
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {out}")
 
 
 def compare(args) -> int:
@@ -127,12 +132,7 @@ def claims(args) -> int:
 
 
 def bench(args) -> int:
-    import json
     from minimfm.bench import bench as run_bench, format_bench
     result = run_bench(config_from_args(args), steps=args.steps, warmup=args.warmup)
-    print(format_bench(result))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.out}")
+    _report(format_bench(result), result, args.out)
     return 0

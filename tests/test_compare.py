@@ -75,15 +75,21 @@ def install_tokenizers(cfg):
     save_atomic(tokenizer_to_checkpoint(patch, kind="latent", dataset="mnist"), tokenizer_path(cfg, "latent"))
 
 
+def compare_config(tmp_path):
+    """4 steps of 8 sequences per mode, random tokenizers and judge installed: the plumbing, in seconds."""
+    cfg = tiny_config("ar", runs_dir=str(tmp_path), data_root=str(DATA), limit_train=64, batch_size=8,
+                      max_steps=4, warmup_steps=1, log_every=1, latent_kind="patch", eval_samples=10,
+                      eval_captions=10, threads=1)
+    install_tokenizers(cfg)
+    return cfg
+
+
 FAST = dict(curve_points=2, sweep_n=10, sweep_steps={"masked": (1, 2), "diffusion": (2,)}, verbose=False)
 
 
 @needs_mnist
 def test_results_schema_and_resume_keeps_finished_modes(tmp_path, monkeypatch):
-    cfg = tiny_config("ar", runs_dir=str(tmp_path), data_root=str(DATA), limit_train=64, batch_size=8,
-                      max_steps=4, warmup_steps=1, log_every=1, latent_kind="patch", eval_samples=10,
-                      eval_captions=10, threads=1)
-    install_tokenizers(cfg)
+    cfg = compare_config(tmp_path)
     out = C.compare(cfg, modes=("ar",), **FAST)
     state = json.loads((out / "results.json").read_text())
     assert list(state["modes"]) == ["ar"] and state["plan"]["steps"]["ar"] == 4
@@ -116,10 +122,7 @@ def test_results_schema_and_resume_keeps_finished_modes(tmp_path, monkeypatch):
 
 @needs_mnist
 def test_an_interrupted_mode_resumes_from_its_last_segment(tmp_path, monkeypatch):
-    cfg = tiny_config("ar", runs_dir=str(tmp_path), data_root=str(DATA), limit_train=64, batch_size=8,
-                      max_steps=4, warmup_steps=1, log_every=1, latent_kind="patch", eval_samples=10,
-                      eval_captions=10, threads=1)
-    install_tokenizers(cfg)
+    cfg = compare_config(tmp_path)
     calls = []
     real_evaluate = C.evaluate_checkpoint
 

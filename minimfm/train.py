@@ -98,7 +98,7 @@ class TrainingData:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         t2i = torch.rand(len(idx), generator=g) < cfg.t2i_ratio
         drop = torch.rand(len(idx), generator=g) < cfg.caption_dropout
-        return [self.captions[i] for i in idx.tolist()], self.reps[idx], t2i, drop, g
+        return [self.captions[i] for i in idx.tolist()], self.reps[idx.to(self.reps.device)], t2i, drop, g
 
 
 def sample_prompts(dataset: str) -> list[str]:
@@ -188,6 +188,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
     if ctx.is_main:
         (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     data = TrainingData(cfg, model, verbose)
+    # the encoded split is megabytes (codes or small latents), so it lives on the device: no per-step host-to-device
+    # copies, hence no pinned memory or loader workers to tune
+    data.reps = data.reps.to(device)
     rows, n_micro = distributed.micro_batches(cfg.batch_size, cfg.micro_batch_size, ctx)
     # forward() is the training loss, so DDP and torch.compile wrap the same call the single process makes
     net = model

@@ -71,9 +71,9 @@ def synthetic_batch(model, cfg: Config, generator: torch.Generator):
     return captions, rep, t2i, drop
 
 
-def bench(cfg: Config, steps: int = 5, warmup: int = 2, verbose: bool = True) -> dict:
-    """Time `steps` full training steps (forward, backward, clip, AdamW) after `warmup` untimed ones."""
-    from minimfm.compare import matmul_parameters, step_flops
+def time_training_step(cfg: Config, steps: int = 5, warmup: int = 2) -> tuple[torch.nn.Module, float]:
+    """Median seconds of a full training step (forward, backward, clip, AdamW) after `warmup` untimed ones;
+    returns the model too, for its FLOP count."""
     from minimfm.runs import build_model, check_training_device, select_device
     from minimfm.train import make_optimizer
     if cfg.threads:
@@ -106,7 +106,14 @@ def bench(cfg: Config, steps: int = 5, warmup: int = 2, verbose: bool = True) ->
         synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    return model, statistics.median(times)
+
+
+def bench(cfg: Config, steps: int = 5, warmup: int = 2, verbose: bool = True) -> dict:
+    """Training speed of cfg's model and its MFU against the matmul peak measured right after."""
+    from minimfm.compare import matmul_parameters, step_flops
+    model, seconds = time_training_step(cfg, steps, warmup)
+    device = model.device
     flops = step_flops(model, cfg.batch_size)
     peak = matmul_peak(device)
     return {"mode": cfg.mode, "dataset": cfg.dataset, "preset": cfg.preset, "device": str(device),

@@ -54,10 +54,6 @@ def claim_run(base: Config, folder: str, name: str, steps: int, n: int, verbose:
     return result
 
 
-def _pair(a: dict, b: dict, key: str = "prompted_accuracy") -> str:
-    return f"{a[key]:.3f} vs {b[key]:.3f}"
-
-
 def claim_rows(runs: dict, compare_state: dict | None, steps: int, n: int) -> list[dict]:
     """The five rows from finished runs (pure: tests feed it made-up results)."""
     base, rows = runs["baseline"], []

@@ -71,30 +71,6 @@ def mode_config(base: Config, mode: str, name: str, steps: int) -> Config:
                                ckpt_every=max(1, steps))
 
 
-def measure_seconds_per_step(cfg: Config, n_steps: int = 8) -> float:
-    """Time a few optimiser steps of cfg's model on a slice of the real data (after one warm-up step)."""
-    from minimfm.runs import build_model, image_tokenizer_for, select_device
-    from minimfm.train import TrainingData, make_optimizer
-    probe = dataclasses.replace(cfg, limit_train=4 * cfg.batch_size)  # speed does not depend on which images
-    device = select_device(cfg.device)
-    image_tokenizer, _ = image_tokenizer_for(cfg, verbose=False)
-    model = build_model(cfg, image_tokenizer).to(device).train()
-    optimizer = make_optimizer(model, cfg, device)
-    data = TrainingData(probe, model, verbose=False)
-    elapsed = 0.0
-    for step in range(n_steps + 1):
-        captions, rep, t2i, drop, g = data.batch(step, probe)
-        start = time.time()
-        loss, _ = model.training_loss(captions, rep.to(device), t2i, drop, g)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed += (time.time() - start) if step else 0.0
-    return elapsed / n_steps
-
-
 # ------------------------------------------------------------------------------------------------ the run
 
 def plan(base: Config, budget_flops: float | None, budget_minutes: float | None, verbose: bool = True) -> dict:
@@ -107,7 +83,9 @@ def plan(base: Config, budget_flops: float | None, budget_minutes: float | None,
         cfg = dataclasses.replace(base, mode=mode)
         flops[mode] = step_flops(build_model(cfg, image_tokenizer_for(cfg, verbose)[0]), cfg.batch_size)
     if budget_minutes is not None:
-        speed = {mode: measure_seconds_per_step(dataclasses.replace(base, mode=mode)) for mode in MODES}
+        from minimfm.bench import time_training_step  # the bench's timing: speed does not depend on the data
+        speed = {mode: time_training_step(dataclasses.replace(base, mode=mode), steps=8, warmup=1)[1]
+                 for mode in MODES}
         steps = steps_for_minutes(speed, budget_minutes)
         kind = f"{budget_minutes:g} minutes per mode"
     else:

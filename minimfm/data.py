@@ -132,7 +132,13 @@ def brightness(images: torch.Tensor) -> torch.Tensor:
     return (images.reshape(-1, 3, *images.shape[-2:]) * w).sum(1).mean((1, 2))
 
 
+THICKNESS_WORDS = ("thin", "regular", "bold")
+BRIGHTNESS_WORDS = ("dark", "medium", "bright")
 COLOUR_HUES = (("red", 0), ("orange", 30), ("yellow", 60), ("green", 120), ("blue", 220), ("purple", 280))
+
+
+def colour_words() -> tuple[str, ...]:
+    return ("grey",) + tuple(word for word, _ in COLOUR_HUES)
 
 
 def dominant_colour(images: torch.Tensor) -> list[str]:
@@ -161,11 +167,11 @@ def _bucket(values: torch.Tensor, low: float, high: float, names: tuple[str, str
 def attributes(dataset: str, images: torch.Tensor) -> list[dict[str, str]]:
     """Pixel-derived attributes of a batch: MNIST {thickness, slant}; CIFAR-10 {brightness, colour}."""
     if dataset == "mnist":
-        thick = _bucket(stroke_thickness(images), THIN_BELOW, BOLD_ABOVE, ("thin", "regular", "bold"))
+        thick = _bucket(stroke_thickness(images), THIN_BELOW, BOLD_ABOVE, THICKNESS_WORDS)
         lean = _bucket(slant(images), LEFT_BELOW, RIGHT_ABOVE, ("left", "upright", "right"))
         return [{"thickness": t, "slant": s} for t, s in zip(thick, lean)]
     if dataset == "cifar10":
-        light = _bucket(brightness(images), DARK_BELOW, LIGHT_ABOVE, ("dark", "medium", "bright"))
+        light = _bucket(brightness(images), DARK_BELOW, LIGHT_ABOVE, BRIGHTNESS_WORDS)
         return [{"brightness": b, "colour": c} for b, c in zip(light, dominant_colour(images))]
     raise ValueError(f"unknown dataset '{dataset}', choose from {', '.join(DATASETS)}")
 
@@ -212,11 +218,11 @@ def mentioned_attributes(caption: str, dataset: str) -> dict[str, str]:
     words = caption.replace(",", " ").split()
     found: dict[str, str] = {}
     if dataset == "mnist":
-        found.update({"thickness": w for w in words if w in ("thin", "regular", "bold")})
+        found.update({"thickness": w for w in words if w in THICKNESS_WORDS})
         found.update({"slant": value for value, phrase in _SLANT_PHRASE.items() if phrase in caption})
     else:
-        found.update({"brightness": w for w in words if w in ("dark", "medium", "bright")})
-        found.update({"colour": w for w in words if w in ("grey",) + tuple(c for c, _ in COLOUR_HUES)})
+        found.update({"brightness": w for w in words if w in BRIGHTNESS_WORDS})
+        found.update({"colour": w for w in words if w in colour_words()})
     return found
 
 
@@ -224,9 +230,9 @@ def caption_vocabulary(dataset: str) -> list[str]:
     """Every word the caption grammar can produce, in a fixed order (the text tokenizer's vocabulary)."""
     words: list[str] = []
     templates = MNIST_TEMPLATES if dataset == "mnist" else CIFAR_TEMPLATES
-    fillers = (list(MNIST_WORDS) + [str(i) for i in range(10)] + ["thin", "regular", "bold"]
+    fillers = (list(MNIST_WORDS) + [str(i) for i in range(10)] + list(THICKNESS_WORDS)
                + [w for p in _SLANT_PHRASE.values() for w in p.split()]) if dataset == "mnist" else \
-        (list(CIFAR_CLASSES) + ["dark", "medium", "bright", "grey"] + [c for c, _ in COLOUR_HUES])
+        (list(CIFAR_CLASSES) + list(BRIGHTNESS_WORDS) + list(colour_words()))
     for t in templates:
         words += [w for w in t.replace(",", " , ").split() if not w.startswith("{")]
     words += fillers

@@ -24,6 +24,8 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class Context:
+    """Where this process sits among the torchrun processes (rank 0 of 1 when run on its own)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from minimfm.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from minimfm.config import Config
+from minimfm.config import Config, ConfigError
 from minimfm.modes import image_tokenizer_kind, model_class
 from minimfm.tokenizers.text import TextTokenizer
 
@@ -33,7 +33,6 @@ def select_device(name: str = "auto") -> torch.device:
 
 def check_training_device(cfg: Config, device: torch.device) -> None:
     """Refuse settings the device cannot train with, before any work is done."""
-    from minimfm.config import ConfigError
     if cfg.attention == "flex" and device.type != "cuda":
         raise ConfigError(f"--attention flex: FlexAttention has no backward pass on {device.type} in torch "
                           f"{torch.__version__.split('+')[0]}; train with --attention sdpa (the same mask, dense)")

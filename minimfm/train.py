@@ -164,11 +164,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
     check_training_device(cfg, device)
     verbose = verbose and ctx.is_main
     if ctx.is_main:  # rank 0 builds any missing tokenizer and the run folder; the others wait, then read them
-        run = prepare_run_dir(cfg, resume, overwrite)
-        image_tokenizer_for(cfg, verbose)
+        prepare_run_dir(cfg, resume, overwrite)
+        image_tokenizer, tokenizer_ckpt = image_tokenizer_for(cfg, verbose)
     distributed.barrier(ctx)
+    if not ctx.is_main:
+        image_tokenizer, tokenizer_ckpt = image_tokenizer_for(cfg, verbose=False)
     run = Path(cfg.runs_dir) / cfg.name
-    image_tokenizer, tokenizer_ckpt = image_tokenizer_for(cfg, verbose=False)
     torch.manual_seed(cfg.seed)  # after the tokenizer: whether it was cached must not change the init
     model = build_model(cfg, image_tokenizer).to(device)
     optimizer = make_optimizer(model, cfg, device)

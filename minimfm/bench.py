@@ -59,13 +59,14 @@ def random_tokenizer(cfg: Config) -> torch.nn.Module:
 def synthetic_batch(model, cfg: Config, generator: torch.Generator):
     """A batch shaped like real training data: class prompts as captions, random codes or unit-scale latents."""
     from minimfm.data import class_words, prompt_for
+    from minimfm.modes import image_tokenizer_kind
     B, N = cfg.batch_size, model.n_image
     captions = [model.tok.encode(prompt_for(cfg.dataset, i % len(class_words(cfg.dataset)))) for i in range(B)]
-    if model.mode == "diffusion":
+    if image_tokenizer_kind(model.mode) == "latent":
         d = model.image_tokenizer.latent_dim
         rep = torch.randn(B, N, d, generator=generator)
     else:
-        rep = torch.randint(0, cfg.vq_codebook_size, (B, N), generator=generator)
+        rep = torch.randint(0, model.image_tokenizer.codebook_size, (B, N), generator=generator)
     t2i = torch.rand(B, generator=generator) < cfg.t2i_ratio
     drop = torch.rand(B, generator=generator) < cfg.caption_dropout
     return captions, rep, t2i, drop
@@ -111,7 +112,7 @@ def time_training_step(cfg: Config, steps: int = 5, warmup: int = 2) -> tuple[to
 
 def bench(cfg: Config, steps: int = 5, warmup: int = 2, verbose: bool = True) -> dict:
     """Training speed of cfg's model and its MFU against the matmul peak measured right after."""
-    from minimfm.compare import matmul_parameters, step_flops
+    from minimfm.flops import matmul_parameters, step_flops
     model, seconds = time_training_step(cfg, steps, warmup)
     device = model.device
     flops = step_flops(model, cfg.batch_size)

@@ -4,7 +4,7 @@ Each paper compares itself with Chameleon in its own setup (Show-o, Table 2; Tra
 numbers never line up. Here the three modes share the transformer width and depth, the tokenizer-free text side,
 the data order of every step (train.py draws it from (seed, step)) and the budget, matched in training FLOPs:
 
-    FLOPs per step = batch · T · (6 · N + 12 · n_layer · d_model · T)
+    FLOPs per step = batch · T · (6 · N + 12 · n_layer · d_model · T)      (minimfm/flops.py)
 
 with T the packed sequence length and N the trainable parameters that multiply activations (everything except
 embedding tables): 6N for forward + backward over each token (Kaplan et al. 2020), plus the attention scores.
@@ -23,30 +23,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 from minimfm.checkpoint import CheckpointError, load_checkpoint
 from minimfm.config import Config
+from minimfm.flops import matmul_parameters, step_flops  # noqa: F401  (re-exported for notebooks and tests)
+from minimfm.modes import MODE_NAMES, REGISTRY
 
-MODES = ("ar", "masked", "diffusion")
-SWEEP_STEPS = {"masked": (1, 2, 4, 8, 12, 16), "diffusion": (5, 10, 25, 50)}  # ar has no step knob: N codes
+MODES = MODE_NAMES
+SWEEP_STEPS = {name: spec.sweep_steps for name, spec in REGISTRY.items() if spec.sweep_steps}  # ar: N codes
 CURVE_POINTS = 4  # evaluations along training, for quality vs training compute
-
-
-def matmul_parameters(model: nn.Module) -> int:
-    """Trainable parameters applied at every token: all but embedding tables (a lookup costs no FLOPs) and
-    modules marked `per_sequence` (the diffusion timestep MLP and adaLN run once per sequence, not per token)."""
-    skip = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    for m in model.modules():
-        if getattr(m, "per_sequence", False):
-            skip |= {id(p) for p in m.parameters()}
-    return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in skip)
-
-
-def step_flops(model, batch_size: int) -> float:
-    """Training FLOPs of one optimiser step (forward + backward) of a MultimodalModel; see the module docstring."""
-    T, cfg = model.layout.length, model.cfg
-    return batch_size * T * (6 * matmul_parameters(model) + 12 * cfg.n_layer * cfg.d_model * T)
 
 
 def steps_for_budget(flops_per_step: dict[str, float], budget_flops: float) -> dict[str, int]:

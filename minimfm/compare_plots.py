@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
-COLOURS = {"ar": "tab:blue", "masked": "tab:orange", "diffusion": "tab:green"}
+from minimfm.modes import REGISTRY
+
+COLOURS = {name: spec.colour for name, spec in REGISTRY.items()}
 
 
 def _finish(fig, out: Path | None):

@@ -10,6 +10,8 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field, fields
 
+from minimfm.modes import MODE_NAMES, REGISTRY
+
 
 def _f(default, help: str, choices: tuple | None = None):
     return field(default=default, metadata={"help": help, "choices": choices})
@@ -19,8 +21,8 @@ def _f(default, help: str, choices: tuple | None = None):
 class Config:
     # what to train
     dataset: str = _f("mnist", "dataset to train on", ("mnist", "cifar10"))
-    mode: str = _f("ar", "how images are generated: autoregressive codes, masked codes, or diffusion on latents",
-                   ("ar", "masked", "diffusion"))
+    mode: str = _f("ar", "how images are generated: " + "; ".join(f"{s.name}: {s.summary} ({s.lineage})"
+                                                                  for s in REGISTRY.values()), MODE_NAMES)
     preset: str = _f("tiny", "the preset these defaults came from (set by --preset)",
                      ("smoke", "tiny", "small", "full"))
     data_root: str = _f("data", "folder holding (or receiving) the datasets")

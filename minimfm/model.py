@@ -6,9 +6,14 @@ A mode (minimfm/modes/*.py) subclasses it and supplies only what makes it differ
 
     embed_images(rep)            image representation (codes or latents) -> (B, N, D) transformer inputs
     training_loss(...)           the image loss (+ the shared text loss)
-    sample_images(prompts, ...)  its sampler: one code at a time, T masked steps, or S denoising steps
+    sample_images(prompts, *, steps, known, known_mask, cfg_scale, generator)
+                                 its sampler: one code at a time, T masked steps, or S denoising steps
 
-so each paper's idea sits in one file and nothing here branches on the mode.
+so each paper's idea sits in one file and nothing here branches on the mode. Every sampler takes the same
+arguments: `steps` (None = the mode's default; a mode without a step knob refuses a number), `known` and
+`known_mask` (B, N) for inpainting / completion, `cfg_scale` and `generator`; mode-specific options
+(temperature, the cache switch, ...) come after as keywords. The registry (minimfm/modes/__init__.py) names
+the modes and what the rest of minimfm needs to know about each.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import torch.nn.functional as F
 
 from minimfm.config import Config
 from minimfm.masks import attention_mask
+from minimfm.modes import get_mode
 from minimfm.sequence import IGNORE, Batch, Layout, pack
 from minimfm.tokenizers.text import TextTokenizer
 from minimfm.transformer import KVCache, Transformer, init_weights
@@ -31,7 +37,7 @@ class MultimodalModel(nn.Module):
     sequence, and the grid embedding is what tells a position which pixel block of the image it holds.
     """
 
-    mode: str = ""            # "ar" | "masked" | "diffusion"
+    mode: str = ""            # a name in minimfm.modes.REGISTRY
     mask_kind: str = "causal"  # attention among image positions: "causal" or "omni" (bidirectional in the image)
     task_tokens: bool = False  # Show-o's [T2I] / [MMU] in front of each sequence
 
@@ -62,6 +68,36 @@ class MultimodalModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.text_emb.weight.device
+
+    @property
+    def default_steps(self) -> int | None:
+        """The config's sampling steps for this mode (T or S); None for a mode without a step knob (ar)."""
+        field = get_mode(self.mode).steps_field
+        return None if field is None else getattr(self.cfg, field)
+
+    def sampling_steps(self, steps: int | None) -> int:
+        """The steps a sampler runs: the default when None; a clear refusal for a bad or meaningless number."""
+        if self.default_steps is None:
+            if steps is not None:
+                raise ValueError(f"--steps: the {self.mode} mode has no step count (it makes one code per "
+                                 f"transformer evaluation, {self.n_image} per image); leave --steps out")
+            return self.n_image
+        steps = self.default_steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"--steps: must be a whole number >= 1, got {steps!r}")
+        return steps
+
+    def check_known(self, known: torch.Tensor | None, known_mask: torch.Tensor | None, B: int
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Inpainting inputs on the model's device: both or neither, `known_mask` (B, N) bool."""
+        if (known is None) != (known_mask is None):
+            raise ValueError("inpainting needs both known (B, N[, d]) and known_mask (B, N)")
+        if known is None:
+            return None, None
+        if known_mask.shape != (B, self.n_image) or tuple(known.shape[:2]) != (B, self.n_image):
+            raise ValueError(f"known and known_mask must start with ({B}, {self.n_image}), got "
+                             f"{tuple(known.shape)} and {tuple(known_mask.shape)}")
+        return known.to(self.device), known_mask.to(self.device, torch.bool)
 
     def image_grid_embedding(self) -> torch.Tensor:
         """(N, D) learned 2-D position of each image position, raster order."""
@@ -122,6 +158,10 @@ class MultimodalModel(nn.Module):
         """Mode hook: total loss and a dict of floats to log. `rep` are codes (B, N) or latents (B, N, d)."""
         raise NotImplementedError
 
+    def extra_step_flops(self, batch_size: int) -> float:
+        """Mode hook: training FLOPs of modules marked `counted_by_mode` (see minimfm/flops.py); none here."""
+        return 0.0
+
     def combine(self, text_loss: torch.Tensor, image_loss: torch.Tensor) -> tuple[torch.Tensor, dict]:
         loss = self.cfg.text_loss_weight * text_loss + self.cfg.image_loss_weight * image_loss
         return loss, {"loss": loss.item(), "text_loss": text_loss.item(), "image_loss": image_loss.item()}
@@ -135,19 +175,20 @@ class MultimodalModel(nn.Module):
             raise ValueError(f"prompt longer than {self.layout.max_text_len} words: '{too_long[0]}'")
         return ids
 
-    def sample_images(self, prompts: list[list[int]], *, cfg_scale: float, generator: torch.Generator,
-                      **kwargs) -> tuple[torch.Tensor, int]:
+    def sample_images(self, prompts: list[list[int]], *, steps: int | None = None,
+                      known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
+                      cfg_scale: float, generator: torch.Generator, **options) -> tuple[torch.Tensor, int]:
         """Mode hook: image representations for prompt ids, and the transformer evaluations (NFE) used."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def generate_images(self, prompts: list[str], *, cfg_scale: float | None = None, seed: int = 0,
-                        **kwargs) -> torch.Tensor:
+    def generate_images(self, prompts: list[str], *, steps: int | None = None, cfg_scale: float | None = None,
+                        seed: int = 0, **options) -> torch.Tensor:
         """Images [B, C, H, W] in [0, 1] for caption-style prompts. Sets `self.last_nfe` (evaluations per image)."""
         ids = self.encode_prompts(prompts)
         generator = torch.Generator(self.device).manual_seed(seed)
         scale = self.cfg.cfg_scale if cfg_scale is None else cfg_scale
-        rep, self.last_nfe = self.sample_images(ids, cfg_scale=scale, generator=generator, **kwargs)
+        rep, self.last_nfe = self.sample_images(ids, steps=steps, cfg_scale=scale, generator=generator, **options)
         return self.decode_images(rep)
 
     def decode_images(self, rep: torch.Tensor) -> torch.Tensor:

@@ -90,15 +90,3 @@ def pack(captions: list[list[int]], t2i: torch.Tensor, tok: TextTokenizer, layou
     text_targets[:, :-1][both_text] = tokens[:, 1:][both_text]
     image_start = torch.tensor([layout.image_start(bool(f)) for f in t2i.tolist()], dtype=torch.long)
     return Batch(tokens, modality, positions, text_targets, t2i.clone().bool(), image_start)
-
-
-def t2i_prompts(captions: list[list[int]], tok: TextTokenizer, layout: Layout) -> Batch:
-    """Text-to-image prompts for sampling: the packed sequence cut after [BOI] (image positions still empty).
-
-    The returned Batch has length layout.length; samplers feed tokens[:, :prompt_length] first.
-    """
-    return pack(captions, torch.ones(len(captions), dtype=torch.bool), tok, layout)
-
-
-def max_caption_length(tok: TextTokenizer, captions: list[str]) -> int:
-    return max(len(tok.encode(c)) for c in captions)

@@ -167,10 +167,11 @@ class Block(nn.Module):
         self.modulation = None
         if adaln:
             self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(d_model, 6 * d_model))
-            self.modulation.per_sequence = True  # one timestep per sequence (FLOP counting in compare.py)
+            self.modulation.per_sequence = True  # one timestep per sequence (FLOP counting in flops.py)
+            # adaLN-Zero: the block starts as the identity on image positions; init_std 0 keeps it zero when a
+            # model re-applies init_weights (Transformer does, right after building its blocks)
             nn.init.zeros_(self.modulation[1].weight)
             nn.init.zeros_(self.modulation[1].bias)
-            # init_weights sees this and keeps it zero, even when a model re-applies init_weights
             self.modulation[1].init_std = 0.0
 
     def forward(self, x, mask, rope, cache: KVCache | None = None, layer_idx: int = 0,
@@ -223,10 +224,6 @@ class Transformer(nn.Module):
             block.attn.proj.init_std = 0.02 / math.sqrt(2 * n_layer)
             block.mlp.down.init_std = 0.02 / math.sqrt(2 * n_layer)
         self.apply(init_weights)
-        for block in self.blocks:  # adaLN-Zero: init_weights already zeroed it (init_std=0); be explicit
-            if block.modulation is not None:
-                nn.init.zeros_(block.modulation[1].weight)
-                nn.init.zeros_(block.modulation[1].bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor,
                 cache: KVCache | None = None, cond: torch.Tensor | None = None,

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from helpers import tiny_model
-from minimfm.modes.ar import filter_logits, guided
+from minimfm.modes.sampling import filter_logits, guided
 from minimfm.tokenizers.text import UnknownWordError
 
 
@@ -47,10 +47,20 @@ def test_cfg_zero_is_the_unguided_model(model):
 
 
 def test_completion_keeps_known_codes(model):
-    known = torch.randint(0, 16, (2, 14))  # the top two rows of a 7x7 grid
+    known = torch.randint(0, 16, (2, model.n_image))
+    known_mask = torch.zeros(2, model.n_image, dtype=torch.bool)
+    known_mask[:, :14] = True  # the top two rows of a 7x7 grid
     codes, _ = model.sample_images(prompts(model), cfg_scale=1.0, generator=torch.Generator().manual_seed(0),
-                                   known_codes=known)
-    assert torch.equal(codes[:, :14], known)
+                                   known=known, known_mask=known_mask)
+    assert torch.equal(codes[:, :14], known[:, :14])
+    assert not torch.equal(codes[:, 14:], known[:, 14:])
+
+
+def test_ar_refuses_a_step_count(model):
+    """ar makes one code per evaluation: a step count is a clear ValueError (one CLI line), not a TypeError."""
+    with pytest.raises(ValueError, match="--steps: the ar mode has no step count"):
+        model.sample_images(prompts(model), steps=8, cfg_scale=0.0, generator=torch.Generator())
+    assert model.default_steps is None
 
 
 def test_top_k_top_p_filtering():

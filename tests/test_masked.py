@@ -5,7 +5,8 @@ import torch
 
 from helpers import tiny_model
 from minimfm.masks import omni_mask
-from minimfm.modes.masked import KVCache, gumbel_noise, mask_schedule
+from minimfm.modes.sampling import gumbel_noise, mask_schedule, masked_counts
+from minimfm.transformer import KVCache
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +27,45 @@ def training_batch(m, seed=0, B=6):
     return captions, codes, t2i, drop
 
 
-def expected_fixed(n, steps, kind):
-    """Codes fixed at each step, computed independently of the module: floor(n·γ(t/T)) differences."""
+def plain_floor_fixed(n, steps, kind):
+    """Codes fixed at each step by the plain schedule floor(n·γ(t/T)), computed independently of the module."""
     gamma = {"cosine": lambda u: math.cos(math.pi / 2 * u) if u < 1 else 0.0,
              "linear": lambda u: 1 - u, "sqrt": lambda u: 1 - math.sqrt(u)}[kind]
     left = [n] + [math.floor(n * gamma((t + 1) / steps)) for t in range(steps)]
     return [a - b for a, b in zip(left, left[1:])]
+
+
+def expected_fixed(n, steps, kind):
+    """The plain schedule with MaskGIT's clamp: at least one code per step while n >= T, written as a loop."""
+    gamma = {"cosine": lambda u: math.cos(math.pi / 2 * u) if u < 1 else 0.0,
+             "linear": lambda u: 1 - u, "sqrt": lambda u: 1 - math.sqrt(u)}[kind]
+    left, fixed = n, []
+    for t in range(steps):
+        planned = math.floor(n * gamma((t + 1) / steps))
+        now = max(min(max(planned, min(steps - 1 - t, n)), left - 1), 0)
+        fixed.append(left - now)
+        left = now
+    return fixed
+
+
+def test_every_decoding_step_fixes_a_code():
+    """T = 16 over 49 codes: the plain floor leaves a step with nothing to fix; the clamped counts never do."""
+    assert 0 in plain_floor_fixed(49, 16, "cosine")
+    counts = masked_counts(torch.tensor([49, 20]), 16, "cosine")  # (T, B)
+    fixed = torch.cat([torch.tensor([[49, 20]]), counts])[:-1] - counts
+    assert bool((fixed >= 1).all()) and counts[-1].tolist() == [0, 0]
+    assert fixed[:, 0].tolist() == expected_fixed(49, 16, "cosine")
+    assert masked_counts(torch.tensor([49]), 8, "cosine")[:, 0].tolist() == [48, 45, 40, 34, 27, 18, 9, 0]
+
+
+def test_more_steps_than_codes_fixes_one_per_step_then_idles():
+    counts = masked_counts(torch.tensor([3]), 5, "cosine")[:, 0].tolist()
+    assert counts == [2, 1, 0, 0, 0]
+
+
+def test_mask_counts_are_integers_on_the_input_device():
+    counts = masked_counts(torch.tensor([49]), 8, "linear")
+    assert counts.dtype == torch.long and counts.device == torch.device("cpu")  # no float64 reaches a device
 
 
 @pytest.mark.parametrize("kind", ["cosine", "linear", "sqrt"])
@@ -49,7 +83,7 @@ def test_gumbel_noise_is_finite_and_standard():
     assert abs(g.mean().item() - 0.5772) < 0.01 and abs(g.var().item() - math.pi ** 2 / 6) < 0.03
 
 
-@pytest.mark.parametrize("kind,steps", [("cosine", 8), ("cosine", 1), ("linear", 4), ("sqrt", 5)])
+@pytest.mark.parametrize("kind,steps", [("cosine", 8), ("cosine", 1), ("linear", 4), ("sqrt", 5), ("cosine", 16)])
 def test_every_code_fixed_on_schedule(model, kind, steps):
     model.cfg.mask_schedule = kind
     try:
@@ -73,7 +107,7 @@ def test_inpainting_never_changes_known_codes(model):
     known_mask[0, :21] = True  # top three rows: extrapolate downwards
     known_mask[1, torch.randperm(model.n_image, generator=g)[:30]] = True  # scattered: inpaint
     codes, _ = model.sample_images(prompts(model), cfg_scale=2.0, generator=torch.Generator().manual_seed(0),
-                                   steps=4, known_codes=known_codes, known_mask=known_mask)
+                                   steps=4, known=known_codes, known_mask=known_mask)
     assert torch.equal(codes[known_mask], known_codes[known_mask])
     order = model.last_order
     assert bool((order[known_mask] == -1).all()) and bool((order[~known_mask] >= 0).all())
@@ -143,7 +177,7 @@ def test_cfg_zero_is_the_unguided_model(model):
 def test_bad_sampler_arguments(model):
     with pytest.raises(ValueError, match="known_mask"):
         model.sample_images(prompts(model), cfg_scale=0.0, generator=torch.Generator(),
-                            known_codes=torch.zeros(2, model.n_image, dtype=torch.long))
+                            known=torch.zeros(2, model.n_image, dtype=torch.long))
     with pytest.raises(ValueError, match="steps"):
         model.sample_images(prompts(model), cfg_scale=0.0, generator=torch.Generator(), steps=0)
 

@@ -19,41 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimfm.model import MultimodalModel
+from minimfm.modes.sampling import guided, repeat_for_guidance, sample_from_logits, with_unconditional
 from minimfm.transformer import KVCache, init_weights
-
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Keep the top-k logits and/or the smallest set with probability mass >= top_p; the rest become -inf."""
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # mass before this token already enough
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def sample_from_logits(logits: torch.Tensor, generator: torch.Generator, temperature: float = 1.0,
-                       top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """(B, K) logits -> (B,) ids; temperature 0 is greedy."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
-
-
-def guided(logits: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance on a batch stacked as [cond; uncond]: cond + s·(cond − uncond).
-
-    Written as (1+s)·cond − s·uncond in Show-o; s = 0 is plain conditional sampling.
-    """
-    if scale == 0:
-        return logits
-    cond, uncond = logits.chunk(2)
-    return cond + scale * (cond - uncond)
 
 
 class ARModel(MultimodalModel):
@@ -86,19 +53,23 @@ class ARModel(MultimodalModel):
         return self.combine(self.text_loss(h, batch), image_loss)
 
     @torch.no_grad()
-    def sample_images(self, prompts, *, cfg_scale, generator, temperature=None, top_k=None, top_p=None,
-                      use_cache: bool = True, known_codes: torch.Tensor | None = None):
-        """Codes (B, N) for prompt ids, one transformer evaluation per code.
+    def sample_images(self, prompts, *, steps=None, known=None, known_mask=None, cfg_scale, generator,
+                      temperature=None, top_k=None, top_p=None, use_cache: bool = True):
+        """Codes (B, N) for prompt ids, one transformer evaluation per code (so `steps` must stay None).
 
         With cfg_scale > 0 the batch is doubled: rows [B:] have an empty caption (the unconditional model learnt
-        through caption dropout). `known_codes` (B, n) teacher-forces the first n codes (image completion).
+        through caption dropout). Completion: where `known_mask` (B, N) is set, the code is taken from `known`
+        (B, N) instead of sampled (teacher forcing); a raster prefix (the top rows) is what conditions the rest,
+        since a code only sees the codes before it.
         """
         cfg = self.cfg
+        N = self.sampling_steps(steps)  # refuses a step count: one evaluation per code
         temperature = cfg.temperature if temperature is None else temperature
         top_k = cfg.top_k if top_k is None else top_k
         top_p = cfg.top_p if top_p is None else top_p
-        B, N = len(prompts), self.n_image
-        rows = prompts + ([[] for _ in prompts] if cfg_scale else [])
+        B = len(prompts)
+        known, known_mask = self.check_known(known, known_mask, B)
+        rows = with_unconditional(prompts, cfg_scale)
         batch = self.pack(rows, torch.ones(len(rows), dtype=torch.bool))
         full_mask = self.mask(batch.modality)
         P = self.layout.prompt_length()
@@ -110,12 +81,10 @@ class ARModel(MultimodalModel):
             end = P + j  # positions [0, end) are known; with a cache, x holds only those not yet fed
             start = end - x.shape[1]
             h = self.transformer(x, full_mask[:, start:end, :end], batch.positions[:, start:end], cache=cache)
-            if known_codes is not None and j < known_codes.shape[1]:
-                codes[:, j] = known_codes[:, j]
-            else:
-                logits = guided(self.code_head(h[:, -1]).float(), cfg_scale)
-                codes[:, j] = sample_from_logits(logits, generator, temperature, top_k, top_p)
-            step_codes = codes[:, j].repeat(2 if cfg_scale else 1)  # the same code for cond and uncond rows
-            x_new = (self.code_emb(step_codes) + grid[j])[:, None]  # (B', 1, D)
+            logits = guided(self.code_head(h[:, -1]).float(), cfg_scale)
+            codes[:, j] = sample_from_logits(logits, generator, temperature, top_k, top_p)
+            if known is not None:
+                codes[:, j] = torch.where(known_mask[:, j], known[:, j], codes[:, j])
+            x_new = (self.code_emb(repeat_for_guidance(codes[:, j], cfg_scale)) + grid[j])[:, None]  # (B', 1, D)
             x = x_new if use_cache else torch.cat([x, x_new], 1)
         return codes, N

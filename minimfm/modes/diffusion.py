@@ -14,35 +14,14 @@ its keys/values are computed once and each of the S denoising steps processes on
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from minimfm.model import MultimodalModel
-from minimfm.modes.ar import guided
-from minimfm.modes.schedules import make_schedule
-from minimfm.transformer import KVCache, init_weights
-
-
-class TimestepEmbedding(nn.Module):
-    """DiT's timestep embedder: sinusoidal features of t (as for Transformer positions), then a 2-layer MLP."""
-
-    per_sequence = True  # runs once per sequence, not per token (FLOP counting, minimfm/compare.py)
-
-    def __init__(self, d_model: int, freq_dim: int = 256):
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
-        self.mlp.apply(init_weights)
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """t (B,) float on a 0..1000 scale -> (B, D)."""
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        angles = t.float()[:, None] * freqs[None]  # (B, half)
-        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=-1))  # (B, D)
+from minimfm.modes.sampling import guided, repeat_for_guidance, with_unconditional
+from minimfm.modes.schedules import TimestepEmbedding, make_schedule
+from minimfm.transformer import KVCache
 
 
 class LinearPatches(nn.Module):
@@ -108,10 +87,6 @@ class DiffusionModel(MultimodalModel):
         return self.cfg.time_cond == "adaln"
 
     @property
-    def default_steps(self) -> int:
-        return self.cfg.diffusion_steps
-
-    @property
     def latent_dim(self) -> int:
         return self.image_tokenizer.latent_dim
 
@@ -168,9 +143,8 @@ class DiffusionModel(MultimodalModel):
 
     # -------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample_images(self, prompts, *, cfg_scale, generator, steps=None, sampler: str | None = None,
-                      use_cache: bool = True, known: torch.Tensor | None = None,
-                      known_mask: torch.Tensor | None = None):
+    def sample_images(self, prompts, *, steps=None, known=None, known_mask=None, cfg_scale, generator,
+                      sampler: str | None = None, use_cache: bool = True):
         """Latents (B, N, d) for prompt ids after S denoising steps; returns (latents, S).
 
         CFG doubles the batch (rows [B:] have an empty caption) inside ONE transformer call per step and mixes
@@ -179,13 +153,14 @@ class DiffusionModel(MultimodalModel):
         Inpainting: `known` (B, N, d) latents and `known_mask` (B, N) bool; before each step the known positions
         are replaced by the known latents noised to the current time, and set exactly at the end.
         """
-        schedule, S = self.schedule, steps or self.cfg.diffusion_steps
+        schedule, S = self.schedule, self.sampling_steps(steps)
         sampler = sampler or schedule.samplers[0]
         if sampler not in schedule.samplers:
             raise ValueError(f"unknown sampler '{sampler}' for --objective {self.cfg.objective}, "
                              f"choose {', '.join(schedule.samplers)}")
         B, N = len(prompts), self.n_image
-        rows = prompts + ([[] for _ in prompts] if cfg_scale else [])
+        known, known_mask = self.check_known(known, known_mask, B)
+        rows = with_unconditional(prompts, cfg_scale)
         batch = self.pack(rows, torch.ones(len(rows), dtype=torch.bool))
         P = self.layout.prompt_length()
         end = P + N  # [EOI] and [EOS] after the image play no part in denoising
@@ -197,7 +172,7 @@ class DiffusionModel(MultimodalModel):
             self.transformer(prefix, mask[:, :P, :P], positions[:, :P], cache=cache)
         grid = self.image_grid_embedding()  # (N, D)
         if known is not None:
-            known, known_mask = known.to(self.device), known_mask.to(self.device)[..., None]  # (B, N, 1)
+            known_mask = known_mask[..., None]  # (B, N, 1)
 
         x = torch.randn((B, N, self.latent_dim), generator=generator, device=generator.device).to(self.device)
         times = schedule.sampling_times(S)
@@ -207,7 +182,7 @@ class DiffusionModel(MultimodalModel):
                 x_known = schedule.add_noise(known, torch.randn(x.shape, generator=generator,
                                                                 device=generator.device).to(x), t_rows[:B])
                 x = torch.where(known_mask, x_known, x)
-            x_in = x.repeat(2, 1, 1) if cfg_scale else x  # (B', N, d): cond and uncond see the same image
+            x_in = repeat_for_guidance(x, cfg_scale)  # (B', N, d): cond and uncond see the same image
             image = self.embed_images(x_in, t_rows) + grid  # (B', N, D)
             if use_cache:
                 kwargs = self.transformer_kwargs(batch.modality[:, P:end], t_rows)

@@ -23,47 +23,16 @@ so [MASK] can never be sampled or committed.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from minimfm.model import MultimodalModel
-from minimfm.modes.ar import guided, sample_from_logits
+from minimfm.modes.sampling import (choice_noise_scale, guided, gumbel_noise, masked_counts, most_confident,
+                                    repeat_for_guidance, sample_from_logits, training_mask, with_unconditional)
 from minimfm.transformer import KVCache, init_weights
 
 CHOICE_TEMPERATURE = 4.5  # MaskGIT's Gumbel-noise scale on the confidences at step 0 (annealed to 0)
-
-
-def mask_schedule(u: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
-    """γ(u): fraction of codes masked at time u in [0, 1]; decreasing, γ(0) = 1, γ(1) = 0 (MaskGIT §3.2).
-
-    cosine masks more codes for longer (few codes fixed early, when the image is least determined), which MaskGIT
-    found best; linear is the baseline; sqrt (1 − √u) fixes many codes early, the opposite bet.
-    """
-    if kind == "cosine":
-        # cos(π/2) is 6e-17 in floating point, not 0: make γ(1) exactly 0 so the last step fixes everything
-        return torch.where(u < 1, torch.cos(0.5 * math.pi * u), torch.zeros_like(u))
-    if kind == "linear":
-        return 1.0 - u
-    if kind == "sqrt":
-        return 1.0 - u.sqrt()
-    raise ValueError(f"unknown mask schedule '{kind}', choose cosine, linear or sqrt")
-
-
-def masked_counts(n_unknown: torch.Tensor, steps: int, kind: str) -> torch.Tensor:
-    """(steps, B) number of codes still masked AFTER each step: floor(n · γ((t+1)/T)); the last row is 0."""
-    u = torch.arange(1, steps + 1, dtype=torch.float64) / steps  # (T,)
-    ratio = mask_schedule(u, kind).to(n_unknown.device)  # float64 so the floor is the same on every device
-    return torch.floor(n_unknown[None].double() * ratio[:, None]).long()  # (T, B)
-
-
-def gumbel_noise(shape: tuple, generator: torch.Generator, device) -> torch.Tensor:
-    """Standard Gumbel samples -log(-log U); the clamps keep both logs finite when U is 0 or 1 - ε."""
-    u = torch.rand(shape, generator=generator, device=device)
-    neg_log_u = (-torch.log(u.clamp(min=1e-20))).clamp(min=1e-20)
-    return -torch.log(neg_log_u)
 
 
 class MaskedModel(MultimodalModel):
@@ -83,10 +52,6 @@ class MaskedModel(MultimodalModel):
         init_weights(self.code_head)
         self.last_order: torch.Tensor | None = None  # (B, N) step at which each code was fixed, -1 = known
 
-    @property
-    def default_steps(self) -> int:
-        return self.cfg.mask_steps
-
     def embed_images(self, codes: torch.Tensor) -> torch.Tensor:
         return self.code_emb(codes)  # (B, N, D); codes may hold mask_code
 
@@ -97,13 +62,7 @@ class MaskedModel(MultimodalModel):
     # -------------------------------------------------------------------------------------- training
     def training_mask(self, t2i: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(B, N) bool: codes to hide. Text-to-image rows hide max(1, ceil(γ(u)·N)), image-to-text rows none."""
-        B, N = len(t2i), self.n_image
-        u = torch.rand(B, generator=generator, device=generator.device)
-        n_masked = torch.ceil(mask_schedule(u, self.cfg.mask_schedule) * N).long().clamp(1, N)  # (B,)
-        # every row draws its permutation, whatever its order, so the random stream does not depend on t2i
-        rank = torch.rand(B, N, generator=generator, device=generator.device).argsort(1).argsort(1)  # (B, N)
-        hide = (rank < n_masked[:, None]) & t2i.to(rank.device)[:, None]
-        return hide.to(self.device)
+        return training_mask(t2i, self.n_image, self.cfg.mask_schedule, generator).to(self.device)
 
     def training_loss(self, captions, codes, t2i, drop, generator):
         batch = self.pack(captions, t2i, drop)  # dropped captions: same masking, trains the unconditional model
@@ -133,9 +92,9 @@ class MaskedModel(MultimodalModel):
         return self.code_head(h).float()  # (B', N, K)
 
     @torch.no_grad()
-    def sample_images(self, prompts, *, cfg_scale, generator, steps=None, temperature=None, top_k=None,
-                      top_p=None, choice_temperature: float = CHOICE_TEMPERATURE, use_cache: bool = True,
-                      known_codes: torch.Tensor | None = None, known_mask: torch.Tensor | None = None):
+    def sample_images(self, prompts, *, steps=None, known=None, known_mask=None, cfg_scale, generator,
+                      temperature=None, top_k=None, top_p=None, choice_temperature: float = CHOICE_TEMPERATURE,
+                      use_cache: bool = True):
         """Codes (B, N) for prompt ids in T = `steps` parallel steps (MaskGIT); NFE = T.
 
         Each step samples a code at every masked position (temperature, top-k/p), scores it by log p + Gumbel
@@ -147,33 +106,29 @@ class MaskedModel(MultimodalModel):
         it acts on the logits, so both the sampled code and its confidence come from the guided distribution.
         With known codes the unconditional rows see them too: guidance pushes towards the caption GIVEN them.
 
-        Inpainting / extrapolation: positions with known_mask (B, N) start as known_codes and are never changed;
-        the schedule runs over the unknown positions only. Sets `self.last_order` (B, N): the step at which each
+        Inpainting / extrapolation: positions with known_mask (B, N) start as the codes in `known` and are never
+        changed; the schedule runs over the unknown positions only. Sets `self.last_order` (B, N): the step at which each
         code was fixed, -1 for known codes. The prompt's keys/values are computed once (use_cache=False
         recomputes them every step; same result).
         """
         cfg = self.cfg
-        T = cfg.mask_steps if steps is None else steps
-        if T < 1:
-            raise ValueError(f"steps must be at least 1, got {T}")
+        T = self.sampling_steps(steps)
         temperature = cfg.temperature if temperature is None else temperature
         top_k = cfg.top_k if top_k is None else top_k
         top_p = cfg.top_p if top_p is None else top_p
         B, N, dev = len(prompts), self.n_image, self.device
-        rows = prompts + ([[] for _ in prompts] if cfg_scale else [])
+        known, known_mask = self.check_known(known, known_mask, B)
+        rows = with_unconditional(prompts, cfg_scale)
         batch = self.pack(rows, torch.ones(len(rows), dtype=torch.bool))
         full_mask = self.mask(batch.modality)
         P = self.layout.prompt_length()
 
-        if (known_codes is None) != (known_mask is None):
-            raise ValueError("inpainting needs both known_codes (B, N) and known_mask (B, N)")
-        known = torch.zeros(B, N, dtype=torch.bool, device=dev) if known_mask is None else known_mask.to(dev)
+        masked = torch.ones(B, N, dtype=torch.bool, device=dev) if known_mask is None else ~known_mask
         codes = torch.full((B, N), self.mask_code, dtype=torch.long, device=dev)
-        if known_codes is not None:
-            codes = torch.where(known, known_codes.to(dev), codes)
-        masked = ~known  # tracked explicitly: a known code may be any id
+        if known is not None:
+            codes = torch.where(known_mask, known, codes)
         order = torch.full((B, N), -1, dtype=torch.long, device=dev)
-        still_masked = masked_counts((~known).sum(1), T, cfg.mask_schedule)  # (T, B)
+        still_masked = masked_counts(masked.sum(1), T, cfg.mask_schedule)  # (T, B)
 
         cache = None
         if use_cache:
@@ -181,16 +136,12 @@ class MaskedModel(MultimodalModel):
             self.transformer(self.text_emb(batch.tokens[:, :P]), full_mask[:, :P, :P], batch.positions[:, :P],
                              cache=cache)
         for t in range(T):
-            both = codes.repeat(2 if cfg_scale else 1, 1)  # the same image for cond and uncond rows
+            both = repeat_for_guidance(codes, cfg_scale)  # the same image for cond and uncond rows
             logits = guided(self.image_logits(both, batch, full_mask, cache), cfg_scale)  # (B, N, K)
             sampled = sample_from_logits(logits.flatten(0, 1), generator, temperature, top_k, top_p).view(B, N)
             log_p = logits.log_softmax(-1).gather(-1, sampled[..., None])[..., 0]  # (B, N)
-            noise_scale = choice_temperature * (1.0 - (t + 1) / T)
-            confidence = log_p + noise_scale * gumbel_noise((B, N), generator, dev)
-            confidence = confidence.masked_fill(~masked, float("-inf"))  # only masked positions compete
-            n_fix = masked.sum(1) - still_masked[t]  # (B,)
-            rank = confidence.argsort(1, descending=True).argsort(1)  # (B, N) 0 = most confident
-            fix = masked & (rank < n_fix[:, None])
+            confidence = log_p + choice_noise_scale(choice_temperature, t, T) * gumbel_noise((B, N), generator, dev)
+            fix = most_confident(confidence, masked, masked.sum(1) - still_masked[t])
             codes = torch.where(fix, sampled, codes)
             order = order.masked_fill(fix, t)
             masked = masked & ~fix

@@ -26,12 +26,18 @@ Both classes expose the same small interface, so the mode never branches on the 
     time_input(t)                         float for the timestep embedding, both on a 0..1000 scale
     sampling_times(steps)                 S + 1 times (python numbers) from pure noise down to clean
     step(x, out, t, t_next, generator, sampler)   one reverse step given the network output at t
+
+`TimestepEmbedding` turns `time_input(t)` into a vector; the diffusion mode adds it to image positions and the
+mar mode's per-token head is conditioned on it.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn as nn
+
+from minimfm.transformer import init_weights
 
 
 def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -55,6 +61,7 @@ class DDPMSchedule:
     """DDPM with the cosine ᾱ over T discrete steps; ε-prediction; DDIM (η = 0) or ancestral (η = 1) sampling."""
 
     samplers = ("ddim", "ancestral")
+    MIN_ALPHA_BAR = 4e-3  # sampling starts at the last step with at least this much signal (see sampling_times)
 
     def __init__(self, T: int = 1000, max_beta: float = 0.999):
         self.T = T
@@ -63,6 +70,7 @@ class DDPMSchedule:
         # step i takes ᾱ(i/T) to ᾱ((i+1)/T); clipping β (improved-DDPM) keeps the last step from being all noise
         betas = (1 - ab[1:] / ab[:-1]).clamp(max=max_beta)
         self.alpha_bar = torch.cumprod(1 - betas, 0).float()  # (T,) ᾱ_t for t = 0..T-1
+        self.t_max = int((self.alpha_bar >= self.MIN_ALPHA_BAR).nonzero().max())  # where sampling starts
 
     def alpha_bar_at(self, t: torch.Tensor) -> torch.Tensor:
         """ᾱ_t for integer t in [-1, T-1]; t = -1 means clean data (ᾱ = 1), the end of the reverse process."""
@@ -88,17 +96,20 @@ class DDPMSchedule:
         return t.float()
 
     def sampling_times(self, steps: int) -> list[int]:
-        """DDIM's evenly spaced grid [T - T/S, ..., T/S, 0] then -1 (clean).
+        """S evenly spaced steps from the noisiest usable step t_max down to 0, then -1 (clean).
 
-        The grid starts one stride below T ("leading" spacing, the DDIM paper's), not at T - 1: the cosine ᾱ is
-        ~1e-9 there, and recovering x0 = (x_t − sqrt(1 − ᾱ) ε̂)/sqrt(ᾱ) would multiply the network's error in ε̂
-        by ~20000. One stride lower (ᾱ ≈ 4e-3 for S = 25) the factor is ~16 and the data signal in x_t is still
-        negligible, so starting from pure noise there is sound.
+        "Trailing" spacing (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed"): the
+        grid always starts at t_max, whatever S, so S = 1 is one step from noise to an estimate of x0, not (as with
+        DDIM's "leading" grid [0]) one step from nearly-clean t = 0 that returns the noise unchanged. t_max is
+        the last step with ᾱ >= MIN_ALPHA_BAR, not T - 1: the cosine ᾱ is ~1e-8 there, and recovering
+        x0 = (x_t − sqrt(1 − ᾱ) ε̂)/sqrt(ᾱ) would multiply the network's error in ε̂ by ~10^4. At ᾱ = 4e-3 the
+        factor is ~16 and the data signal left in x_t (6 % of its scale) is negligible, so starting from pure
+        noise there is sound.
         """
-        if not 1 <= steps <= self.T:
-            raise ValueError(f"steps must be in [1, {self.T}], got {steps}")
-        grid = [(i * self.T) // steps for i in range(steps)]
-        return grid[::-1] + [-1]
+        if not 1 <= steps <= self.t_max + 1:
+            raise ValueError(f"steps must be in [1, {self.t_max + 1}], got {steps}")
+        grid = [self.t_max - (i * (self.t_max + 1)) // steps for i in range(steps)]
+        return grid + [-1]
 
     def predict_x0(self, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         ab = _per_row(self.alpha_bar_at(t), x)
@@ -167,3 +178,22 @@ def make_schedule(objective: str) -> DDPMSchedule | FlowSchedule:
     if objective == "flow":
         return FlowSchedule()
     raise ValueError(f"unknown diffusion objective '{objective}', choose ddpm or flow")
+
+
+class TimestepEmbedding(nn.Module):
+    """DiT's timestep embedder: sinusoidal features of t (as for Transformer positions), then a 2-layer MLP."""
+
+    per_sequence = True  # runs once per sequence, not per token (FLOP counting, minimfm/flops.py)
+
+    def __init__(self, d_model: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+        self.mlp.apply(init_weights)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """t (B,) float on a 0..1000 scale -> (B, D)."""
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        angles = t.float()[:, None] * freqs[None]  # (B, half)
+        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=-1))  # (B, D)

@@ -44,6 +44,9 @@ REGISTRY: dict[str, ModeSpec] = {spec.name: spec for spec in (
              (1, 2, 4, 8, 12, 16), "tab:orange"),
     ModeSpec("diffusion", "minimfm.modes.diffusion:DiffusionModel", "latent", "Transfusion",
              "continuous latents denoised all at once, S steps", "diffusion_steps", (5, 10, 25, 50), "tab:green"),
+    ModeSpec("mar", "minimfm.modes.mar:MARModel", "latent", "MAR",
+             "continuous latents revealed a few at a time in random order (T = --mask-steps passes), each drawn "
+             "by a per-token diffusion head (--diffusion-steps)", "mask_steps", (1, 2, 4, 8, 16), "tab:red"),
 )}
 
 MODE_NAMES: tuple[str, ...] = tuple(REGISTRY)

@@ -9,10 +9,15 @@ to show how to check a claim, not to settle it.
     c  masked: quality saturates around 8-12 decoding steps                MaskGIT, Fig. 6 (from `compare`)
     d  classifier-free guidance raises prompted accuracy                    all three papers (from `compare`)
     e  diffusion: image-loss weight λ in {1, 5, 10}                         Transfusion fixes λ = 5, no sweep
+    j  continuity: masked codes vs mar (continuous tokens) vs diffusion     MAR Table 1; the course's question
+       at equal training FLOPs, two seeds each
 
 Claims a, b and e train diffusion runs that differ in ONE setting, with the same seed, data order and steps;
 a second seed of the baseline measures the difference chance alone makes, and a sign smaller than that is
 reported as "within seed noise". Claims c and d read the step sweep and the CFG check of the comparison's runs.
+Claim j asks the question behind the modes: is it continuity of VALUES (mar: continuous tokens, revealed a few
+at a time like masked) or also of SPACE (diffusion: the whole image refined at once) that makes diffusion good?
+masked and mar get the steps that spend the diffusion baseline's training FLOPs, with seeds 0 and 1 each.
 """
 from __future__ import annotations
 
@@ -31,17 +36,22 @@ CLAIM_RUNS = {
     "conv": {"patch_encoder": "conv"},
     "lambda5": {"image_loss_weight": 5.0},
     "lambda10": {"image_loss_weight": 10.0},
+    # claim j: the same budget in FLOPs as the diffusion baseline (steps scaled in run_claims)
+    "masked": {"mode": "masked"},
+    "masked_seed1": {"mode": "masked", "seed": 1},
+    "mar": {"mode": "mar"},
+    "mar_seed1": {"mode": "mar", "seed": 1},
 }
 
 
 def claim_run(base: Config, folder: str, name: str, steps: int, n: int, verbose: bool) -> dict:
-    """Train (or resume) one diffusion run of the claims and evaluate it; cached in its folder."""
+    """Train (or resume) one run of the claims (diffusion unless it names a mode) and evaluate it; cached."""
     from minimfm.compare import evaluate_checkpoint
     from minimfm.runs import select_device
     from minimfm.tokenizers.store import get_tokenizer
     from minimfm.train import train
-    cfg = dataclasses.replace(base, mode="diffusion", run_name=f"{folder}/{name}", max_steps=steps,
-                              sample_every=0, ckpt_every=steps, **CLAIM_RUNS[name])
+    cfg = dataclasses.replace(base, **{"mode": "diffusion", "run_name": f"{folder}/{name}", "max_steps": steps,
+                                       "sample_every": 0, "ckpt_every": steps, **CLAIM_RUNS[name]})
     run = Path(cfg.runs_dir) / cfg.name
     done = run / "eval.json"
     if done.is_file():
@@ -106,7 +116,40 @@ def claim_rows(runs: dict, compare_state: dict | None, steps: int, n: int) -> li
                  "metric": acc_fd + "; caption accuracy",
                  "ours": ", ".join(f"{k}: {fd(r)}; {r['caption_accuracy']:.3f}" for k, r in sweep) + f" (best FD {best})",
                  "paper": "Transfusion uses λ=5 without a sweep (no direction claimed)", "agrees": None})
+    if "mar" in runs:
+        rows += continuity_rows(runs, steps)
     return rows
+
+
+def continuity_rows(runs: dict, steps: int) -> list[dict]:
+    """Claim j: masked vs mar (continuous values) and mar vs diffusion (the whole image at once), two seeds each.
+
+    A gap is "beyond seed noise" when the two modes' mean Fréchet distances differ by more than the larger of
+    their own seed-0-vs-seed-1 spreads (two seeds allow no better test; `compare --seeds` is where intervals live).
+    """
+    pairs = {"masked": ("masked", "masked_seed1"), "mar": ("mar", "mar_seed1"),
+             "diffusion": ("baseline", "baseline_seed1")}
+    stats = {}
+    for mode, (a, b) in pairs.items():
+        fds = [runs[a]["frechet_distance"], runs[b]["frechet_distance"]]
+        accs = [runs[a]["prompted_accuracy"], runs[b]["prompted_accuracy"]]
+        stats[mode] = {"fd": sum(fds) / 2, "spread": abs(fds[0] - fds[1]), "acc": sum(accs) / 2}
+
+    def text(mode: str) -> str:
+        return f"{mode} {stats[mode]['acc']:.3f} / {stats[mode]['fd']:.1f} (±{stats[mode]['spread'] / 2:.1f})"
+
+    def row(part: str, better: str, worse: str, setting: str, paper: str) -> dict:
+        gap = stats[worse]["fd"] - stats[better]["fd"]
+        return {"claim": part, "setting": setting, "metric": "mean prompted accuracy / Fréchet distance (± half the "
+                                                             "seed spread), 2 seeds",
+                "ours": f"{text(better)} vs {text(worse)}", "paper": paper, "agrees": gap > 0,
+                "beyond_noise": abs(gap) > max(stats[better]["spread"], stats[worse]["spread"])}
+
+    budget = f"the diffusion baseline's FLOPs of {steps} steps"
+    return [row("j1", "mar", "masked", f"continuous (mar) vs discrete (masked) tokens, {budget}",
+                "continuous tokens with a diffusion loss beat VQ codes (MAR Table 1)"),
+            row("j2", "diffusion", "mar", f"whole image (diffusion) vs a few tokens at a time (mar), {budget}",
+                "the course's continuity argument predicts diffusion; MAR reports MAR ahead at its scale")]
 
 
 def claims_markdown(rows: list[dict], n: int, seed_noise: dict | None = None) -> str:
@@ -124,6 +167,18 @@ def claims_markdown(rows: list[dict], n: int, seed_noise: dict | None = None) ->
     return "\n".join(lines) + "\n"
 
 
+def matched_steps(base: Config, steps: int, verbose: bool) -> dict[str, int]:
+    """Steps per mode that spend what `steps` of the diffusion baseline cost in training FLOPs."""
+    from minimfm.flops import step_flops
+    from minimfm.runs import build_model, image_tokenizer_for
+    modes = sorted({r.get("mode", "diffusion") for r in CLAIM_RUNS.values()})
+    flops = {}
+    for mode in modes:
+        cfg = dataclasses.replace(base, mode=mode)
+        flops[mode] = step_flops(build_model(cfg, image_tokenizer_for(cfg, verbose)[0]), cfg.batch_size)
+    return {mode: max(1, round(steps * flops["diffusion"] / f)) for mode, f in flops.items()}
+
+
 def run_claims(base: Config, *, steps: int = 600, n: int = 200, compare_name: str | None = None,
                verbose: bool = True) -> Path:
     import torch
@@ -133,10 +188,12 @@ def run_claims(base: Config, *, steps: int = 600, n: int = 200, compare_name: st
     out = Path(base.runs_dir) / folder
     out.mkdir(parents=True, exist_ok=True)
     runs = {}
+    run_steps = matched_steps(base, steps, verbose)
     for name in CLAIM_RUNS:
+        mode_steps = run_steps[CLAIM_RUNS[name].get("mode", "diffusion")]
         if verbose:
-            print(f"claim run {name}: {CLAIM_RUNS[name] or 'diffusion defaults'}, {steps} steps")
-        runs[name] = claim_run(base, folder, name, steps, n, verbose)
+            print(f"claim run {name}: {CLAIM_RUNS[name] or 'diffusion defaults'}, {mode_steps} steps")
+        runs[name] = claim_run(base, folder, name, mode_steps, n, verbose)
     compare_file = Path(base.runs_dir) / (compare_name or f"compare-{base.dataset}-{base.preset}") / "results.json"
     compare_state = json.loads(compare_file.read_text()) if compare_file.is_file() else None
     rows = claim_rows(runs, compare_state, steps, n)

@@ -9,6 +9,7 @@ from conftest import DATA, needs_mnist
 from helpers import install_random_vq, tiny_config
 from minimfm import compare as C
 from minimfm.checkpoint import save_atomic
+from minimfm import claims as C_claims
 from minimfm.claims import claim_rows, claims_markdown
 from minimfm.judge import Judge
 from minimfm.runs import build_model
@@ -170,3 +171,20 @@ def test_claim_rows_report_the_sign_they_measure():
     assert rows["a"]["agrees"] is False and rows["c"]["agrees"] is False and rows["d"]["agrees"] is False
     rows = {r["claim"]: r for r in claim_rows(runs, None, 600, 200)}
     assert rows["c"]["ours"] == "not run" and rows["d"]["agrees"] is None
+
+
+def test_continuity_claim_compares_seed_means_against_seed_spread():
+    runs = {"baseline": fake(0.98, 40), "baseline_seed1": fake(0.96, 44), "masked": fake(0.9, 70),
+            "masked_seed1": fake(0.9, 66), "mar": fake(0.95, 52), "mar_seed1": fake(0.95, 50)}
+    rows = {r["claim"]: r for r in C_claims.continuity_rows(runs, 600)}
+    # j1: mar mean 51 vs masked mean 68: gap 17 > larger spread 4 -> agrees, beyond noise
+    assert rows["j1"]["agrees"] is True and rows["j1"]["beyond_noise"] is True
+    assert "mar 0.950 / 51.0 (±1.0)" in rows["j1"]["ours"]
+    # j2: diffusion mean 42 vs mar 51: gap 9 > spread 4 -> agrees; make them close and it is within noise
+    assert rows["j2"]["agrees"] is True and rows["j2"]["beyond_noise"] is True
+    runs["mar"], runs["mar_seed1"] = fake(0.95, 41), fake(0.95, 45)
+    rows = {r["claim"]: r for r in C_claims.continuity_rows(runs, 600)}
+    assert rows["j2"]["agrees"] is True and rows["j2"]["beyond_noise"] is False  # 42 vs 43, spreads 4
+    runs["mar"], runs["mar_seed1"] = fake(0.95, 80), fake(0.95, 82)
+    rows = {r["claim"]: r for r in C_claims.continuity_rows(runs, 600)}
+    assert rows["j1"]["agrees"] is False

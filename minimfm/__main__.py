@@ -1,22 +1,78 @@
 """`python -m minimfm <command>`: train, sample, caption, evaluate, compare, claims, bench,
 tokenizer.
 
-Every error a user can cause (bad flag, missing dataset, wrong checkpoint, unknown prompt word) ends the
-program with one line on stderr and a non-zero exit code, never a traceback.
+Every error a user can cause (bad flag, missing dataset, wrong checkpoint, unknown prompt word, a file that is
+not what it should be, a full disk, a diverging loss) ends the program with one line on stderr (at most
+MAX_MESSAGE characters, echoed input cut to ~80) and a non-zero exit code, never a traceback; and no such error
+deletes or replaces a file it should not. Each flag's range is checked here, as it is parsed (Config fields in
+Config.validate); files are checked by each command before it starts (minimfm/commands.py).
+tests/test_cli_errors.py runs the CLI on a table of bad inputs and holds it to this.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 
-from minimfm.config import ConfigError, add_config_flags, config_from_args
+from minimfm.commands import CHUNK, MAX_GRID, MAX_IMAGES
+from minimfm.config import DEVICES, MAX_SAMPLING_STEPS, ConfigError, add_config_flags, check_run_name, shorten
+
+MAX_MESSAGE = 300
+
+
+def one_line(message: str) -> str:
+    """An error message as printed: one line, every quoted echo of user input cut to 80 characters, and the
+    whole line to MAX_MESSAGE (a 5,000-word prompt must not print a 27,000-character line)."""
+    text = " ".join(str(message).split())
+    text = re.sub(r"'([^']{81,})'", lambda m: f"'{shorten(m.group(1))}'", text)
+    return shorten(text, MAX_MESSAGE)
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse prints usage plus the error; we print just the error, on one line, and exit 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
+def whole(low: int, high: int | None = None):
+    """argparse type: a whole number in [low, high]; argparse puts the flag in front of the message."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{shorten(text)}'") from None
+        if value < low or (high is not None and value > high):
+            allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be a whole number {allowed}, got {value}")
+        return value
+    return parse
+
+
+def number(low: float, open_low: bool = False):
+    """argparse type: a finite float >= low (> low when open_low); nan and inf are refused, not trained on."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got '{shorten(text)}'") from None
+        if not math.isfinite(value) or value < low or (open_low and value == low):
+            raise argparse.ArgumentTypeError(f"must be a finite number {'>' if open_low else '>='} {low:g}, "
+                                             f"got {shorten(text)}")
+        return value
+    return parse
+
+
+def run_name(text: str) -> str:
+    """argparse type: a folder name under --runs-dir (see config.check_run_name)."""
+    try:
+        return check_run_name(text, "name")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("name: ")) from None
+
+
+SEED = whole(0, 2**31 - 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,28 +89,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train ar, masked and diffusion under one budget and compare them")
     add_config_flags(p, skip=("mode", "run_name"))
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget-flops", type=float, default=None,
+    budget.add_argument("--budget-flops", type=number(0, open_low=True), default=None,
                         help="training FLOPs per mode (default: what --max-steps costs the ar mode)")
-    budget.add_argument("--budget-minutes", type=float, default=None,
+    budget.add_argument("--budget-minutes", type=number(0, open_low=True), default=None,
                         help="training minutes per mode instead (speed measured first on a few steps)")
-    p.add_argument("--name", default=None, help="folder under --runs-dir (default: compare-<dataset>-<preset>)")
-    p.add_argument("--sweep-n", type=int, default=100,
+    p.add_argument("--name", type=run_name, default=None,
+                   help="folder under --runs-dir (default: compare-<dataset>-<preset>)")
+    p.add_argument("--sweep-n", type=whole(1, 10_000), default=100,
                    help="images per point of the step sweep, the CFG check and the mid-training evaluations")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier comparison of the same name")
 
     p = sub.add_parser("claims", help="small controlled runs that test five claims of the papers")
     add_config_flags(p, skip=("mode", "run_name"))
-    p.add_argument("--claim-steps", type=int, default=600, help="training steps of each claim run")
-    p.add_argument("--compare-name", default=None,
+    p.add_argument("--claim-steps", type=whole(1), default=600, help="training steps of each claim run")
+    p.add_argument("--compare-name", type=run_name, default=None,
                    help="comparison folder whose step sweep and CFG check feed claims c and d "
                         "(default: compare-<dataset>-<preset>)")
-    p.add_argument("--n", type=int, default=200, help="generated images and captions per claim evaluation")
+    p.add_argument("--n", type=whole(1, 10_000), default=200,
+                   help="generated images and captions per claim evaluation (1 to 10,000)")
 
     p = sub.add_parser("bench", help="training speed of a config: tokens/s, images/s, MFU of the measured peak")
     add_config_flags(p)
-    p.add_argument("--steps", type=int, default=5, help="timed training steps (the median is reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocation, compilation)")
-    p.add_argument("--out", default=None, help="also write the figures as JSON here")
+    p.add_argument("--steps", type=whole(1), default=5, help="timed training steps (the median is reported)")
+    p.add_argument("--warmup", type=whole(0), default=2, help="untimed steps first (allocation, compilation)")
+    p.add_argument("--out", default=None, help="also write the figures as JSON here (OUT.json)")
 
     p = sub.add_parser("tokenizer", help="train an image tokenizer or the evaluation judge")
     p.add_argument("action", choices=["train"], help="what to do")
@@ -64,31 +122,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     p.add_argument("--overwrite", action="store_true", help="retrain even if a checkpoint exists")
 
+    steps_help = f"override the sampling steps (T for masked, S for diffusion), 1 to {MAX_SAMPLING_STEPS}; ar has none"
     p = sub.add_parser("sample", help="generate images from prompts with a trained model")
     p.add_argument("--ckpt", required=True, help="RUN/ckpt.pt")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--prompt", help="one caption-style prompt, e.g. 'a bold seven leaning right'")
-    group.add_argument("--prompts-file", help="a text file with one prompt per line")
-    p.add_argument("--n", type=int, default=8, help="images per prompt")
-    p.add_argument("--out", required=True, help="OUT.png writes a captioned grid; OUT.pt the image tensor")
-    p.add_argument("--cfg-scale", type=float, default=None, help="override the run's guidance scale")
-    p.add_argument("--steps", type=int, default=None, help="override T (masked) or S (diffusion)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    group.add_argument("--prompts-file", help="a UTF-8 text file with one prompt per line")
+    p.add_argument("--n", type=whole(1, MAX_IMAGES), default=8,
+                   help=f"images per prompt; in all at most {MAX_GRID} for a .png grid and {MAX_IMAGES:,} for a "
+                        f".pt file (made in batches of {CHUNK}, with a progress bar)")
+    p.add_argument("--out", required=True, help="OUT.png writes a captioned grid; OUT.pt the image tensor "
+                                                "(never over the checkpoint or another input)")
+    p.add_argument("--cfg-scale", type=number(0), default=None, help="override the run's guidance scale (>= 0)")
+    p.add_argument("--steps", type=whole(1, MAX_SAMPLING_STEPS), default=None, help=steps_help)
+    p.add_argument("--seed", type=SEED, default=0, help="sampling seed")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
 
     p = sub.add_parser("caption", help="caption images with a trained model")
     p.add_argument("--ckpt", required=True, help="RUN/ckpt.pt")
-    p.add_argument("--images", required=True, help="a .pt file from `sample` or a .png image")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--images", required=True,
+                   help=f"a .pt file from `sample` (images [N, C, H, W], floats in [0, 1], N <= {MAX_IMAGES:,}) "
+                        f"or one .png / .jpg image")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
 
     p = sub.add_parser("evaluate", help="judge a trained model: prompted accuracy, captions, Fréchet distance")
     p.add_argument("--ckpt", required=True, help="RUN/ckpt.pt")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.add_argument("--cfg-scale", type=float, default=None, help="override the run's guidance scale")
-    p.add_argument("--steps", type=int, default=None, help="override T (masked) or S (diffusion)")
-    p.add_argument("--n", type=int, default=None, help="generated images (default: the run's eval_samples)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--out", default=None, help="write the results as JSON here (OUT.json; checked before the "
+                                               "evaluation starts)")
+    p.add_argument("--cfg-scale", type=number(0), default=None, help="override the run's guidance scale (>= 0)")
+    p.add_argument("--steps", type=whole(1, MAX_SAMPLING_STEPS), default=None, help=steps_help)
+    p.add_argument("--n", type=whole(1, 10_000), default=None,
+                   help="generated images, 1 to 10,000 (MNIST: 8,920, a class-balanced draw of its test split; "
+                        "default: the run's eval_samples)")
+    p.add_argument("--seed", type=SEED, default=0, help="sampling seed")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
     return parser
 
 
@@ -99,15 +166,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     from minimfm.checkpoint import CheckpointError
+    from minimfm.commands import NotBuiltError
     from minimfm.data import DatasetMissingError
     from minimfm.tokenizers.text import UnknownWordError
-    from minimfm.commands import NotBuiltError
+    from minimfm.train import TrainingDivergedError
     try:
         from minimfm import commands
         return getattr(commands, args.command)(args) or 0
+    # The errors a user can cause, each with a message written for them. OSError covers what no check can see
+    # coming (a disk that fills, a permission that changes mid-run); a bug elsewhere still shows its traceback.
     except (ConfigError, CheckpointError, DatasetMissingError, UnknownWordError, NotBuiltError,
-            FileNotFoundError, ValueError) as e:
-        print(f"minimfm {args.command}: error: {e}", file=sys.stderr)
+            TrainingDivergedError, ValueError, OSError) as e:
+        print(f"minimfm {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"minimfm {args.command}: interrupted", file=sys.stderr)

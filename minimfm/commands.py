@@ -1,16 +1,134 @@
-"""What each `python -m minimfm` subcommand does; argument parsing lives in __main__.py."""
+"""What each `python -m minimfm` subcommand does; argument parsing (and the range of every flag) lives in
+__main__.py.
+
+Each command checks what it will read and write before it does any work: an output never replaces an input or a
+checkpoint, an image file is the shape, type and range the model was trained on, and a prompt file holds prompts.
+A mistake is a one-line ConfigError naming the flag, never a traceback half-way through.
+"""
 from __future__ import annotations
 
-from minimfm.config import config_from_args
+import os
+from pathlib import Path
+
+from minimfm.config import ConfigError, config_from_args, shorten
+
+# Sampling is batched in chunks of CHUNK images (memory stays flat, and a bar shows progress). A PNG grid beyond
+# MAX_GRID images is unreadable and slow to draw; a .pt file holds up to MAX_IMAGES (~30 MB of MNIST, 120 of CIFAR).
+CHUNK, MAX_GRID, MAX_IMAGES = 100, 256, 10_000
+IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}  # (C, H, W) of a dataset's images
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")  # what torchvision decodes (+ WebP)
 
 
 class NotBuiltError(RuntimeError):
     """A command whose implementation has not landed yet; says which issue brings it."""
 
 
+# ------------------------------------------------------------------------------------------ input checks
+
+def check_folders(cfg) -> None:
+    """--runs-dir and --data-root must be folders (or not exist yet, to be created), not files."""
+    from minimfm.runs import check_folder
+    check_folder(cfg.runs_dir, "--runs-dir")
+    check_folder(cfg.data_root, "--data-root")
+
+
+def check_output(out: str, suffixes: tuple[str, ...], inputs: tuple = (), flag: str = "--out") -> Path:
+    """Refuse, before any work, an output that cannot be written or that would replace an input or a checkpoint."""
+    from minimfm.checkpoint import is_checkpoint
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {shorten(path)} is a folder; give a file name ending in {' or '.join(suffixes)}")
+    if path.suffix not in suffixes:
+        raise ConfigError(f"{flag} must end in {' or '.join(suffixes)}, got '{shorten(path.name)}'")
+    for given in inputs:
+        if given is not None and _same_file(path, Path(given)):
+            raise ConfigError(f"{flag} {shorten(path)} is also this command's input: an output never replaces "
+                              f"an input")
+    if path.is_file() and is_checkpoint(path):
+        raise ConfigError(f"{flag} {shorten(path)} is a minimfm checkpoint: an output never replaces one")
+    existing = next(p for p in path.parents if p.exists())  # missing folders are created when it is written
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {shorten(path)}: {shorten(existing)} is a file, not a folder")
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def read_prompts(name: str) -> list[str]:
+    """The non-empty lines of --prompts-file."""
+    path = Path(name)
+    if not path.is_file():
+        raise ConfigError(f"--prompts-file {shorten(path)}: " + ("is a folder, not a text file" if path.is_dir()
+                                                                 else "not found"))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"--prompts-file {shorten(path)}: not a UTF-8 text file (one prompt per line)") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError(f"--prompts-file {shorten(path)}: holds no prompts (one per line)")
+    return prompts
+
+
+def read_images(name: str, dataset: str):
+    """Images [N, C, H, W] float in [0, 1] from a `sample --out X.pt` file (or a bare tensor saved with torch.save)
+    or one PNG / JPEG / GIF / WebP image, checked against what the model's dataset looks like."""
+    import torch
+    from minimfm.checkpoint import load_plain
+    path = Path(name)
+    if not path.is_file():
+        raise ConfigError(f"--images {shorten(path)}: " + ("is a folder" if path.is_dir() else "not found"))
+    C, H, W = IMAGE_SHAPES[dataset]
+    if path.suffix == ".pt":
+        blob = load_plain(path, "image file (a .pt written by `sample`)")
+        images = blob.get("images") if isinstance(blob, dict) else blob
+        if not torch.is_tensor(images):
+            raise ConfigError(f"--images {shorten(path)}: " + ("has no 'images' tensor" if isinstance(blob, dict)
+                              else "holds no tensor") + " (expected a file written by `sample --out X.pt`)")
+    else:
+        from torchvision.io import ImageReadMode, decode_image
+        from torchvision.transforms.functional import resize
+        with open(path, "rb") as f:
+            head = f.read(12)
+        if not (head.startswith(IMAGE_SIGNATURES) or head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+            raise ConfigError(f"--images {shorten(path)}: not a PNG, JPEG, GIF or WebP image, nor a .pt file")
+        try:
+            image = decode_image(str(path), mode=ImageReadMode.GRAY if C == 1 else ImageReadMode.RGB)
+        except RuntimeError as e:  # a damaged file behind a valid signature; torchvision says why
+            raise ConfigError(f"--images {shorten(path)}: cannot be decoded ({shorten(e, 60)})") from None
+        images = resize(image.float().div(255), [H, W], antialias=True).clamp(0, 1)[None]  # (1, C, H, W)
+    check_images(images, dataset, f"--images {shorten(path)}")
+    return images
+
+
+def check_images(images, dataset: str, where: str) -> None:
+    """Shape, dtype and range as the model was trained on: [N, C, H, W] floats in [0, 1], N in [1, MAX_IMAGES]."""
+    import torch
+    C, H, W = IMAGE_SHAPES[dataset]
+    shape = tuple(images.shape)
+    if images.dim() != 4 or shape[1:] != (C, H, W):
+        raise ConfigError(f"{where}: images of shape {shape}; a {dataset} model reads [N, {C}, {H}, {W}]")
+    if not 1 <= shape[0] <= MAX_IMAGES:
+        raise ConfigError(f"{where}: {shape[0]} images; between 1 and {MAX_IMAGES} are read at once")
+    if not images.is_floating_point():
+        raise ConfigError(f"{where}: {str(images.dtype).replace('torch.', '')} values; expected floats in [0, 1] "
+                          f"(divide 0..255 images by 255)")
+    if not bool(torch.isfinite(images).all()):
+        raise ConfigError(f"{where}: holds NaN or infinite values")
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 1:
+        raise ConfigError(f"{where}: values span {low:.4g}..{high:.4g}; expected [0, 1]"
+                          + (" (divide 0..255 images by 255)" if high > 1.5 else ""))
+
+
+# -------------------------------------------------------------------------------------------- commands
+
 def tokenizer(args) -> int:
     from minimfm.tokenizers.store import build_tokenizer, get_tokenizer, tokenizer_path
     cfg = config_from_args(args)
+    check_folders(cfg)
     path = tokenizer_path(cfg, args.kind)
     if path.is_file() and not args.overwrite:
         print(f"{path} exists (use --overwrite to retrain); its metrics:")
@@ -27,64 +145,64 @@ def tokenizer(args) -> int:
 
 
 def train(args) -> int:
+    from minimfm.checkpoint import CheckpointError
     from minimfm.train import train as run_training
     cfg = config_from_args(args)
+    check_folders(cfg)
+    ckpt = Path(cfg.runs_dir) / cfg.name / "ckpt.pt"
+    if args.resume and not ckpt.is_file():  # (train() itself starts such a run: compare and claims rely on it)
+        raise CheckpointError(f"--resume: there is no checkpoint {ckpt} to continue; leave out --resume to start "
+                              f"the run" + (" (with --overwrite: its folder exists)" if ckpt.parent.exists() else ""))
     run = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"wrote {run}/ckpt.pt, {run}/metrics.jsonl, {run}/loss.png and samples in {run}/samples/")
     print(f"next: python -m minimfm evaluate --ckpt {run}/ckpt.pt")
     return 0
 
 
-def _sampling_kwargs(model, args) -> dict:
+def _sampling_kwargs(args) -> dict:
     return {} if args.steps is None else {"steps": args.steps}
 
 
 def sample(args) -> int:
     import torch
-    from pathlib import Path
+    from tqdm.auto import tqdm
+    from minimfm.checkpoint import CheckpointError, save_atomic
     from minimfm.runs import load_model
+    out = check_output(args.out, (".png", ".pt"), inputs=(args.ckpt, args.prompts_file))
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
+    total, cap = len(prompts) * args.n, MAX_GRID if out.suffix == ".png" else MAX_IMAGES
+    if total > cap:
+        raise ConfigError(f"--n {args.n} x {len(prompts)} prompt{'s' * (len(prompts) != 1)} = {total} images; "
+                          f"{out.suffix} takes at most {cap}" + (f" (a .pt file up to {MAX_IMAGES})"
+                                                                 if out.suffix == ".png" else ""))
     model = load_model(args.ckpt, args.device)
-    if args.prompt is not None:
-        prompts = [args.prompt]
-    else:
-        path = Path(args.prompts_file)
-        if not path.exists():
-            raise FileNotFoundError(f"prompts file not found: {path}")
-        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    model.encode_prompts(prompts)  # an unknown word or a too-long prompt fails before any image is made
     prompts = [p for p in prompts for _ in range(args.n)]
-    images = model.generate_images(prompts, cfg_scale=args.cfg_scale, seed=args.seed,
-                                   **_sampling_kwargs(model, args))
-    out = Path(args.out)
+    images = []
+    for start in tqdm(range(0, total, CHUNK), desc="sampling", disable=total <= CHUNK, leave=False):
+        # seed + start: the first chunk is exactly what one unbatched call with --seed made
+        images.append(model.generate_images(prompts[start:start + CHUNK], cfg_scale=args.cfg_scale,
+                                            seed=args.seed + start, **_sampling_kwargs(args)).cpu())
+    images = torch.cat(images)
+    if not bool(torch.isfinite(images).all()):
+        raise CheckpointError(f"{args.ckpt} made non-finite images: its weights are damaged; nothing was written")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".pt":
-        torch.save({"images": images.float().cpu(), "prompts": prompts}, out)
-    elif out.suffix == ".png":
-        from minimfm.viz import save_image_grid
-        save_image_grid(images.cpu(), out, prompts, ncols=min(8, max(args.n, 1)))
+        save_atomic({"images": images.float(), "prompts": prompts}, out)
     else:
-        raise ValueError(f"--out must end in .png or .pt, got '{out.name}'")
+        from minimfm.viz import save_image_grid
+        save_image_grid(images, out, prompts, ncols=min(8, args.n))
     print(f"wrote {len(prompts)} images to {out} ({model.last_nfe} transformer evaluations per image)")
     return 0
 
 
 def caption(args) -> int:
-    import torch
-    from pathlib import Path
     from minimfm.runs import load_model
     model = load_model(args.ckpt, args.device)
-    path = Path(args.images)
-    if not path.is_file():
-        raise FileNotFoundError(f"images file not found: {path}")
-    if path.suffix == ".pt":
-        images = torch.load(path, weights_only=True)["images"]
-    else:
-        from torchvision.io import ImageReadMode, decode_image
-        from torchvision.transforms.functional import resize
-        mode = ImageReadMode.GRAY if model.cfg.dataset == "mnist" else ImageReadMode.RGB
-        size = model.image_tokenizer.image_size if hasattr(model.image_tokenizer, "image_size") else 4 * model.grid[0]
-        images = resize(decode_image(str(path), mode=mode).float().div(255), [size, size])[None]
-    for i, text in enumerate(model.caption(images)):
-        print(f"{i}: {text}")
+    images = read_images(args.images, model.cfg.dataset)
+    for start in range(0, len(images), CHUNK):
+        for i, text in enumerate(model.caption(images[start:start + CHUNK]), start):
+            print(f"{i}: {text}")
     return 0
 
 
@@ -92,29 +210,31 @@ def evaluate(args) -> int:
     from minimfm.evaluate import evaluate as run_evaluation, format_results
     from minimfm.runs import load_model
     from minimfm.tokenizers.store import get_tokenizer
+    out = check_output(args.out, (".json",), inputs=(args.ckpt,)) if args.out else None
     model = load_model(args.ckpt, args.device)
     judge = get_tokenizer(model.cfg, "judge")
-    n = args.n or model.cfg.eval_samples
+    n = model.cfg.eval_samples if args.n is None else args.n
     results = run_evaluation(model, judge, n_samples=n, n_captions=min(n, model.cfg.eval_captions),
                              cfg_scale=args.cfg_scale, steps=args.steps, seed=args.seed)
     results["ckpt"] = str(args.ckpt)
-    _report(format_results(results), results, args.out)
+    _report(format_results(results), results, out)
     return 0
 
 
-def _report(text: str, results: dict, out: str | None) -> None:
-    """Print a command's table, and write its figures as JSON when --out is given."""
+def _report(text: str, results: dict, out: Path | None) -> None:
+    """Print a command's table, and write its figures as JSON when --out is given (checked by check_output)."""
     import json
+    from minimfm.checkpoint import write_text_atomic
     print(text)
     if out:
-        with open(out, "w") as f:
-            json.dump(results, f, indent=2)
+        write_text_atomic(json.dumps(results, indent=2), out)
         print(f"wrote {out}")
 
 
 def compare(args) -> int:
     from minimfm.compare import compare as run_comparison
     cfg = config_from_args(args)
+    check_folders(cfg)
     out = run_comparison(cfg, name=args.name, budget_flops=args.budget_flops, budget_minutes=args.budget_minutes,
                          sweep_n=args.sweep_n, overwrite=args.overwrite)
     print((out / "results.md").read_text())
@@ -125,6 +245,7 @@ def compare(args) -> int:
 def claims(args) -> int:
     from minimfm.claims import run_claims
     cfg = config_from_args(args)
+    check_folders(cfg)
     out = run_claims(cfg, steps=args.claim_steps, n=args.n, compare_name=args.compare_name)
     print((out / "claims.md").read_text())
     print(f"wrote {out}/claims.json and claims.md")
@@ -133,6 +254,7 @@ def claims(args) -> int:
 
 def bench(args) -> int:
     from minimfm.bench import bench as run_bench, format_bench
+    out = check_output(args.out, (".json",)) if args.out else None
     result = run_bench(config_from_args(args), steps=args.steps, warmup=args.warmup)
-    _report(format_bench(result), result, args.out)
+    _report(format_bench(result), result, out)
     return 0

@@ -79,13 +79,18 @@ def load_images(dataset: str, split: str, root: str | Path = "data") -> tuple[to
         raise ValueError(f"unknown split '{split}', choose train or test")
     root = Path(root)
     cache = root / f"{dataset}-{split}.pt"
-    if cache.is_file():
-        blob = torch.load(cache, weights_only=True)
+    if cache.is_file():  # written atomically below, so an unreadable one was damaged later: name it
+        from minimfm.checkpoint import CheckpointError, load_plain
+        blob = load_plain(cache, "dataset cache", fix="delete it and it is rebuilt from the dataset")
+        if not isinstance(blob, dict) or not {"images", "labels"} <= blob.keys():
+            raise CheckpointError(f"{cache} is not a dataset cache (no images and labels); delete it and it is "
+                                  f"rebuilt from the dataset")
         return blob["images"].float().div(255), blob["labels"]
     loader = _mnist if dataset == "mnist" else _cifar10
     images, labels = loader(root, train=split == "train")
     root.mkdir(parents=True, exist_ok=True)
-    torch.save({"images": images.mul(255).round().to(torch.uint8), "labels": labels}, cache)
+    from minimfm.checkpoint import save_atomic  # two processes filling the cache at once never mix their bytes
+    save_atomic({"images": images.mul(255).round().to(torch.uint8), "labels": labels}, cache)
     return images, labels
 
 

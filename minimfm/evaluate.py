@@ -22,6 +22,9 @@ def balanced_indices(labels: torch.Tensor, n: int) -> list[int]:
     """n indices, the first n // classes of each class in dataset order (deterministic, balanced)."""
     classes = int(labels.max()) + 1
     per = max(1, n // classes)
+    fewest = int(torch.bincount(labels, minlength=classes).min())
+    if n < 1 or per > fewest:
+        raise ValueError(f"--n {n}: a class-balanced draw takes 1 to {classes * fewest} of these {len(labels)} images")
     picked = [torch.nonzero(labels == c)[:per, 0] for c in range(classes)]
     return torch.stack(picked, 1).flatten().tolist()[:n]  # interleave classes: 0, 1, ..., 9, 0, 1, ...
 
@@ -37,6 +40,9 @@ def caption_class(caption: str, dataset: str) -> int | None:
 def evaluate(model, judge, *, n_samples: int, n_captions: int, cfg_scale: float | None = None,
              steps: int | None = None, seed: int = 0, batch_size: int = 100, verbose: bool = True) -> dict:
     """All metrics of one model as a flat dict (see README "Evaluation" for definitions)."""
+    if n_samples < 1 or n_captions < 0 or batch_size < 1:
+        raise ValueError(f"evaluate: needs n_samples >= 1, n_captions >= 0, batch_size >= 1; got {n_samples}, "
+                         f"{n_captions}, {batch_size}")
     cfg = model.cfg
     test = CaptionedDataset(cfg.dataset, "test", cfg.data_root, seed=cfg.seed)
     judge = judge.to(model.device)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from minimfm.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from minimfm.config import Config, ConfigError
+from minimfm.checkpoint import CheckpointError, load_checkpoint
+from minimfm.config import DEVICES, Config, ConfigError, shorten
 from minimfm.modes import image_tokenizer_kind, model_class
 from minimfm.tokenizers.text import TextTokenizer
 
@@ -24,11 +24,25 @@ def select_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    kind, _, index = name.partition(":")
+    if kind not in DEVICES[1:] or (index and not (kind == "cuda" and index.isdigit())):
+        raise ConfigError(f"--device: '{shorten(name)}' is not one of {', '.join(DEVICES)} (or cuda:N)")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise CheckpointError("--device cuda: no CUDA device is available")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 ...)")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise CheckpointError("--device mps: MPS is not available")
     return torch.device(name)
+
+
+def check_folder(path: str | Path, flag: str) -> Path:
+    """A folder a command will write into (or create): its nearest existing ancestor must be a folder."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {shorten(path)}: {shorten(existing)} is a file, not a folder")
+    return path
 
 
 def check_training_device(cfg: Config, device: torch.device) -> None:
@@ -67,13 +81,26 @@ def model_checkpoint(model, tokenizer_ckpt: dict, *, step: int, optimizer=None, 
     }
 
 
+MODEL_KEYS = ("mode", "config", "text_tokenizer", "max_text_len", "image_tokenizer", "model")
+
+
+def check_model_checkpoint(ckpt: dict, path) -> dict:
+    """A model checkpoint has every part model_from_checkpoint reads; a damaged one is named, not a KeyError."""
+    missing = [k for k in MODEL_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete model checkpoint (no {', '.join(map(repr, missing))})")
+    if not isinstance(ckpt["config"], dict):
+        raise CheckpointError(f"{path} is not a complete model checkpoint ('config' is not a dict)")
+    return ckpt
+
+
 def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", use_ema: bool = True):
     """Rebuild the model a checkpoint describes, with its EMA weights when it has them."""
     from minimfm.tokenizers.training import tokenizer_from_checkpoint
     cfg = Config.from_dict(ckpt["config"])
     tok = TextTokenizer.from_state_dict(ckpt["text_tokenizer"])
     model = build_model(cfg, tokenizer_from_checkpoint(ckpt["image_tokenizer"]), tok, ckpt["max_text_len"])
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], "the checkpoint's weights")
     if use_ema and ckpt.get("ema"):
         for name, p in model.named_parameters():
             if name in ckpt["ema"]:
@@ -81,12 +108,29 @@ def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", use_em
     return model.to(device).eval()
 
 
+def load_weights(model: torch.nn.Module, state: dict, what: str) -> None:
+    """load_state_dict, with names and shapes checked first so a mismatch is one line, not a page of sizes."""
+    own = model.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{what} are not a state dict")
+    missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
+    resized = [k for k in own.keys() & state.keys() if tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or resized:
+        k = sorted(resized or missing or unexpected)[0]
+        example = f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" if resized else k
+        counts = ", ".join(f"{len(v)} {name}" for name, v in (("resized", resized), ("missing", missing),
+                                                               ("unexpected", unexpected)) if v)
+        raise CheckpointError(f"{what} do not fit this model ({counts} tensors, e.g. {example})")
+    model.load_state_dict(state)
+
+
 def load_model(path: str | Path, device: str = "auto", mode: str | None = None):
     """Load a trained model from RUN/ckpt.pt for sampling, captioning or evaluation."""
-    ckpt = load_checkpoint(path, kind="model")
+    device = select_device(device)  # a bad --device fails before the checkpoint is read
+    ckpt = check_model_checkpoint(load_checkpoint(path, kind="model"), path)
     if mode is not None and ckpt["mode"] != mode:
         raise CheckpointError(f"{path} is a '{ckpt['mode']}' model, expected '{mode}'")
-    return model_from_checkpoint(ckpt, select_device(device))
+    return model_from_checkpoint(ckpt, device)
 
 
 def image_tokenizer_for(cfg: Config, verbose: bool = True) -> tuple[torch.nn.Module, dict]:

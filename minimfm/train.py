@@ -11,16 +11,22 @@ import json
 import math
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from minimfm.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from minimfm.config import Config
+from minimfm.checkpoint import CheckpointError, load_checkpoint, save_atomic, write_text_atomic
+from minimfm.config import Config, ConfigError, shorten
 from minimfm.data import CaptionedDataset, class_words, prompt_for
-from minimfm.runs import build_model, check_training_device, image_tokenizer_for, model_checkpoint, select_device
+from minimfm.runs import (build_model, check_folder, check_model_checkpoint, check_training_device,
+                          image_tokenizer_for, load_weights, model_checkpoint, select_device)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss, the gradient or the weights stopped being finite; training stops without saving that state.
+    The message is one line and names the checkpoint that is kept."""
 
 
 class EMA:
@@ -115,9 +121,31 @@ def write_samples(model, path: Path, seed: int = 0) -> None:
     save_image_grid(images, path, prompts, ncols=5)
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of metrics.jsonl; a line cut short by a killed process is skipped, not fatal."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Keep the log lines up to `step`: a resumed run restarts from its checkpoint, and the lines written after
+    that checkpoint would otherwise appear twice."""
+    rows = read_metrics(path)
+    kept = [r for r in rows if r["step"] <= step]
+    if path.is_file() and len(kept) != len(path.read_text().splitlines()):
+        write_text_atomic("".join(json.dumps(r) + "\n" for r in kept), path)
+
+
 def plot_losses(metrics_path: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = read_metrics(metrics_path)
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -129,14 +157,52 @@ def plot_losses(metrics_path: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
-    run = Path(cfg.runs_dir) / cfg.name
+RUN_MARKERS = ("config.json", "ckpt.pt", "metrics.jsonl")  # what every run folder holds once training started
+
+
+def run_folder(cfg: Config) -> Path:
+    """runs_dir / name, refused unless it lies inside runs_dir and outside its tokenizer cache, so that
+    --overwrite can only ever delete this run's own folder (Config.validate has checked the name's characters)."""
+    runs = check_folder(cfg.runs_dir, "--runs-dir")
+    run = runs / cfg.name
+    root, target = runs.resolve(), run.resolve()  # resolve() follows links: a link out of runs_dir is refused
+    if root not in target.parents or target.relative_to(root).parts[0] == "tokenizers":
+        raise ConfigError(f"--run-name {shorten(cfg.name)}: the run folder {shorten(target)} is not inside "
+                          f"--runs-dir {shorten(root)} (or is its tokenizer cache)")
+    return run
+
+
+def check_run_dir(run: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to touch an existing folder unless told to; nothing is created or deleted here."""
+    if run.exists() and (run.is_symlink() or not run.is_dir()):
+        raise CheckpointError(f"{run} exists and is not a run folder (a file or a link): choose another --run-name")
     if run.exists() and not (resume or overwrite):
         raise CheckpointError(f"run folder {run} exists: pass --resume to continue it or --overwrite to replace it")
-    if run.exists() and overwrite and not resume:
-        shutil.rmtree(run)
-    (run / "samples").mkdir(parents=True, exist_ok=True)
-    return run
+    if run.exists() and overwrite and not resume and not (
+            any((run / m).exists() for m in RUN_MARKERS) or all(p.name == "samples" for p in run.iterdir())):
+        raise CheckpointError(f"--overwrite: {run} holds no {', '.join(RUN_MARKERS)}, so it is not a minimfm run; "
+                              f"not deleting it")
+
+
+@contextmanager
+def removed_unless_checkpointed(run: Path, fresh: bool):
+    """A fresh run that fails before its first checkpoint (bad data, a diverging loss, Ctrl-C) is removed: it has
+    nothing to resume from, and its folder would only block the corrected command with 'run folder exists'."""
+    try:
+        yield
+    except BaseException:
+        if fresh and not (run / "ckpt.pt").is_file():
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+
+
+def check_finite(what: dict[str, float], step: int, kept: str) -> None:
+    """Stop on a non-finite loss or gradient norm (checked before the optimiser applies it) or weight (checked
+    before a save): a NaN state never reaches a checkpoint."""
+    for name, value in what.items():
+        if not math.isfinite(value):
+            raise TrainingDivergedError(f"training stopped at step {step}: the {name} is {value}; {kept}; lower "
+                                        f"--lr or the loss weights")
 
 
 def micro_batch_generator(cfg: Config, step: int, index: int, n_micro: int, step_generator: torch.Generator
@@ -156,43 +222,52 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
     Under torchrun the same function runs in every process (minimfm/distributed.py): the model is wrapped in
     DistributedDataParallel, each process runs its share of the micro-batches, and only rank 0 writes the
     run folder (checkpoints, metrics, samples) and shows a progress bar.
+
+    The run folder is created (or, with `overwrite`, replaced) only once everything that can fail at the start has
+    succeeded: tokenizer, model, checkpoint to resume, data. `resume` on a run without a checkpoint starts it.
     """
     from minimfm import distributed
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    run = run_folder(cfg)
+    ckpt_path = run / "ckpt.pt"
     ctx, device = distributed.setup(select_device(cfg.device))
     check_training_device(cfg, device)
+    rows, n_micro = distributed.micro_batches(cfg.batch_size, cfg.micro_batch_size, ctx)
     verbose = verbose and ctx.is_main
-    if ctx.is_main:  # rank 0 builds any missing tokenizer and the run folder; the others wait, then read them
-        prepare_run_dir(cfg, resume, overwrite)
+    if ctx.is_main:  # rank 0 builds any missing tokenizer; the others wait, then read it
+        check_run_dir(run, resume, overwrite)
         image_tokenizer, tokenizer_ckpt = image_tokenizer_for(cfg, verbose)
     distributed.barrier(ctx)
     if not ctx.is_main:
         image_tokenizer, tokenizer_ckpt = image_tokenizer_for(cfg, verbose=False)
-    run = Path(cfg.runs_dir) / cfg.name
     torch.manual_seed(cfg.seed)  # after the tokenizer: whether it was cached must not change the init
     model = build_model(cfg, image_tokenizer).to(device)
     optimizer = make_optimizer(model, cfg, device)
     ema = EMA(model, cfg.ema) if cfg.ema else None
-    step, seconds_before = 0, 0.0
-    ckpt_path = run / "ckpt.pt"
+    step, seconds_before, saved_step = 0, 0.0, None
     if resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path, kind="model", dataset=cfg.dataset)
+        ckpt = check_model_checkpoint(load_checkpoint(ckpt_path, kind="model", dataset=cfg.dataset), ckpt_path)
         if ckpt["mode"] != cfg.mode:
             raise CheckpointError(f"{ckpt_path} is a '{ckpt['mode']}' run, not '{cfg.mode}'")
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"], f"--resume: the weights in {ckpt_path}" + _changed(ckpt["config"], cfg))
         optimizer.load_state_dict(ckpt["optimizer"])
         if ema is not None and ckpt.get("ema"):
             ema.load_state_dict(ckpt["ema"])
-        step = ckpt["step"]
+        step = saved_step = ckpt["step"]
         seconds_before = ckpt.get("train_seconds", 0.0)
-    if ctx.is_main:
-        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     data = TrainingData(cfg, model, verbose)
     # the encoded split is megabytes (codes or small latents), so it lives on the device: no per-step host-to-device
     # copies, hence no pinned memory or loader workers to tune
     data.reps = data.reps.to(device)
-    rows, n_micro = distributed.micro_batches(cfg.batch_size, cfg.micro_batch_size, ctx)
+
+    fresh = ctx.is_main and (overwrite and not resume or not run.exists())
+    if ctx.is_main:  # setup succeeded: only now is an old run replaced and the folder made
+        if overwrite and not resume and run.exists():
+            shutil.rmtree(run)
+        (run / "samples").mkdir(parents=True, exist_ok=True)
+        trim_metrics(run / "metrics.jsonl", step)
+        write_text_atomic(json.dumps(cfg.to_dict(), indent=2), run / "config.json")
     # forward() is the training loss, so DDP and torch.compile wrap the same call the single process makes
     net = model
     if ctx.active:
@@ -202,62 +277,82 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
     if cfg.compile:
         net = torch.compile(net)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    metrics_file = (run / "metrics.jsonl").open("a") if ctx.is_main else None
+
+    def kept() -> str:
+        return f"{ckpt_path} (step {saved_step}) is kept" if saved_step is not None else \
+            "no checkpoint had been written yet"
 
     def save(at_step: int) -> None:
+        nonlocal saved_step
+        # every rank holds the same weights, so every rank checks them and all stop together
+        largest = torch.stack([p.detach().abs().max().float() for p in model.parameters()]).max()  # NaN if any
+        check_finite({"largest weight": float(largest)}, at_step, kept())
         if ctx.is_main:
             save_atomic(model_checkpoint(model, tokenizer_ckpt, step=at_step, optimizer=optimizer, ema=ema,
                                          train_seconds=seconds_before + loop_seconds), ckpt_path)
+        saved_step = at_step
 
     end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
-    bar = tqdm(range(step, end), initial=step, total=cfg.max_steps, desc=f"{cfg.mode} {cfg.dataset}",
-               disable=not verbose)
     model.train()
     tick, seen, loop_seconds = time.time(), 0, 0.0
-    for step in bar:
-        step_start = time.time()
-        captions, rep, t2i, drop, g = data.batch(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, if any, is a function of the step too
-        optimizer.zero_grad(set_to_none=True)
-        logs: dict[str, float] = {}
-        for i, (a, b) in enumerate(rows):
-            generator = micro_batch_generator(cfg, step, a * n_micro // cfg.batch_size, n_micro, g)
-            last = i == len(rows) - 1
-            sync = nullcontext() if last or not ctx.active else net.no_sync()  # all-reduce once, after the last
-            with sync:
-                with autocast:
-                    loss, micro_logs = net(captions[a:b], rep[a:b].to(device), t2i[a:b], drop[a:b], generator)
-                # each process averages its len(rows) micro-batches and DDP averages over processes: the
-                # gradient is the mean over all n_micro micro-batches, whatever the world size
-                (loss if n_micro == 1 else loss / len(rows)).backward()
-            for k, v in micro_logs.items():
-                logs[k] = logs.get(k, 0.0) + v / len(rows)
-        logs = distributed.mean_over_processes(logs, ctx, device)
-        if cfg.grad_clip:
-            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-        optimizer.step()
-        if ema is not None:
-            ema.update(model)
-        loop_seconds += time.time() - step_start  # optimiser steps only: sample grids and saves are not training
-        seen += cfg.batch_size
-        done = step + 1
-        if ctx.is_main and (done % cfg.log_every == 0 or done == end):
-            rate = seen / (time.time() - tick)
-            tick, seen = time.time(), 0
-            bar.set_postfix(loss=f"{logs['loss']:.3f}", img_s=f"{rate:.0f}")
-            metrics_file.write(json.dumps({"step": done, "lr": lr_at(step, cfg), "images_per_s": rate,
-                                           **logs}) + "\n")
-            metrics_file.flush()
-        if ctx.is_main and cfg.sample_every and done % cfg.sample_every == 0 and done < end:
-            write_samples(model, run / "samples" / f"step{done:06d}.png", cfg.seed)
-        if done % cfg.ckpt_every == 0 or done == end:
-            save(done)
+    # the bar closes before any error line is printed; a fresh run that fails before its first save is removed
+    with (removed_unless_checkpointed(run, fresh),
+          tqdm(range(step, end), initial=step, total=cfg.max_steps, desc=f"{cfg.mode} {cfg.dataset}",
+               disable=not verbose) as bar,
+          (run / "metrics.jsonl").open("a") if ctx.is_main else nullcontext() as metrics_file):
+        for step in bar:
+            step_start = time.time()
+            captions, rep, t2i, drop, g = data.batch(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, if any, is a function of the step too
+            optimizer.zero_grad(set_to_none=True)
+            logs: dict[str, float] = {}
+            for i, (a, b) in enumerate(rows):
+                generator = micro_batch_generator(cfg, step, a * n_micro // cfg.batch_size, n_micro, g)
+                last = i == len(rows) - 1
+                sync = nullcontext() if last or not ctx.active else net.no_sync()  # all-reduce once, after the last
+                with sync:
+                    with autocast:
+                        loss, micro_logs = net(captions[a:b], rep[a:b].to(device), t2i[a:b], drop[a:b], generator)
+                    # each process averages its len(rows) micro-batches and DDP averages over processes: the
+                    # gradient is the mean over all n_micro micro-batches, whatever the world size
+                    (loss if n_micro == 1 else loss / len(rows)).backward()
+                for k, v in micro_logs.items():
+                    logs[k] = logs.get(k, 0.0) + v / len(rows)
+            logs = distributed.mean_over_processes(logs, ctx, device)
+            if cfg.grad_clip:
+                logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            # logged values are floats already (no extra sync) and averaged over processes: all ranks stop together
+            check_finite({k: logs[k] for k in ("loss", "grad_norm") if k in logs}, step + 1, kept())
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            loop_seconds += time.time() - step_start  # optimiser steps only: sample grids and saves are not training
+            seen += cfg.batch_size
+            done = step + 1
+            if ctx.is_main and (done % cfg.log_every == 0 or done == end):
+                rate = seen / (time.time() - tick)
+                tick, seen = time.time(), 0
+                bar.set_postfix(loss=f"{logs['loss']:.3f}", img_s=f"{rate:.0f}")
+                metrics_file.write(json.dumps({"step": done, "lr": lr_at(step, cfg), "images_per_s": rate,
+                                               **logs}) + "\n")
+                metrics_file.flush()
+            if ctx.is_main and cfg.sample_every and done % cfg.sample_every == 0 and done < end:
+                write_samples(model, run / "samples" / f"step{done:06d}.png", cfg.seed)
+            if done % cfg.ckpt_every == 0 or done == end:
+                save(done)
     if ctx.is_main:
-        metrics_file.close()
         plot_losses(run / "metrics.jsonl", run / "loss.png")
         if stop_after is None or end == cfg.max_steps:
             write_samples(model, run / "samples" / "final.png", cfg.seed)
     distributed.teardown(ctx)
     return run
+
+
+def _changed(saved: dict, cfg: Config) -> str:
+    """' (trained with --d-model 32, now 64)': the settings a resumed run changed, for the mismatch message."""
+    now = cfg.to_dict()
+    diff = [f"--{k.replace('_', '-')} {v}, now {now[k]}" for k, v in saved.items()
+            if k in now and v != now[k] and k not in ("max_steps", "device", "threads", "runs_dir", "data_root")]
+    return f" (trained with {'; '.join(diff[:3])})" if diff else ""

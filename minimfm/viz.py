@@ -13,6 +13,8 @@ def show_images(images: torch.Tensor, titles: list[str] | None = None, ncols: in
     import matplotlib.pyplot as plt
     import textwrap
     n = len(images)
+    if n == 0 or ncols < 1:
+        raise ValueError(f"show_images: needs at least one image and one column, got {n} and {ncols}")
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
     extra = 0.55 if titles else 0.0

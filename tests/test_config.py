@@ -42,3 +42,11 @@ def test_help_lists_subcommands():
     assert r.returncode == 0
     for cmd in ("train", "sample", "caption", "evaluate", "tokenizer"):
         assert cmd in r.stdout
+
+
+@pytest.mark.parametrize("overrides, flag", [(dict(fsq_levels="8,1"), "--fsq-levels"), (dict(fsq_levels="x"), "--fsq-levels"),
+                                             (dict(lfq_bits=17), "--lfq-bits"),
+                                             (dict(tokenizer_downsample=3), "--tokenizer-downsample")])
+def test_tokenizer_options_are_checked(overrides, flag):
+    with pytest.raises(ConfigError, match=flag):
+        make_config("smoke", **overrides)

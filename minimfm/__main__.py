@@ -17,6 +17,7 @@ import sys
 
 from minimfm.commands import CHUNK, MAX_GRID, MAX_IMAGES
 from minimfm.config import DEVICES, MAX_SAMPLING_STEPS, ConfigError, add_config_flags, check_run_name, shorten
+from minimfm.modes import REGISTRY
 
 MAX_MESSAGE = 300
 
@@ -122,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     p.add_argument("--overwrite", action="store_true", help="retrain even if a checkpoint exists")
 
-    steps_help = f"override the sampling steps (T for masked, S for diffusion), 1 to {MAX_SAMPLING_STEPS}; ar has none"
+    steps_help = (f"override the sampling steps, 1 to {MAX_SAMPLING_STEPS}: " +
+                  ", ".join(f"{s.name}: --{s.steps_field.replace('_', '-')}" for s in REGISTRY.values() if s.has_steps)
+                  + "; " + ", ".join(s.name for s in REGISTRY.values() if not s.has_steps) + " has none")
     p = sub.add_parser("sample", help="generate images from prompts with a trained model")
     p.add_argument("--ckpt", required=True, help="RUN/ckpt.pt")
     group = p.add_mutually_exclusive_group(required=True)
@@ -166,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     from minimfm.checkpoint import CheckpointError
-    from minimfm.commands import NotBuiltError
     from minimfm.data import DatasetMissingError
     from minimfm.tokenizers.text import UnknownWordError
     from minimfm.train import TrainingDivergedError
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(commands, args.command)(args) or 0
     # The errors a user can cause, each with a message written for them. OSError covers what no check can see
     # coming (a disk that fills, a permission that changes mid-run); a bug elsewhere still shows its traceback.
-    except (ConfigError, CheckpointError, DatasetMissingError, UnknownWordError, NotBuiltError,
+    except (ConfigError, CheckpointError, DatasetMissingError, UnknownWordError,
             TrainingDivergedError, ValueError, OSError) as e:
         print(f"minimfm {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2

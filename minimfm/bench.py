@@ -45,15 +45,11 @@ def matmul_peak(device: torch.device, sizes: tuple[int, ...] | None = None, repe
 
 
 def random_tokenizer(cfg: Config) -> torch.nn.Module:
+    """A random-weight image tokenizer of the shape cfg's mode uses: the discrete one cfg.quantizer selects
+    (VQ, FSQ or LFQ), or the autoencoder / patch latent."""
     from minimfm.modes import image_tokenizer_kind
-    from minimfm.tokenizers.latent import AutoencoderLatent, PatchLatent
-    from minimfm.tokenizers.vq import VQTokenizer
-    channels = 1 if cfg.dataset == "mnist" else 3
-    if image_tokenizer_kind(cfg.mode) == "vq":
-        return VQTokenizer(channels, codebook_size=cfg.vq_codebook_size, code_dim=cfg.vq_code_dim)
-    if cfg.latent_kind == "patch":
-        return PatchLatent(channels, patch=4)
-    return AutoencoderLatent(channels, latent_channels=cfg.latent_channels)
+    from minimfm.tokenizers.store import new_tokenizer
+    return new_tokenizer(cfg, image_tokenizer_kind(cfg.mode), 1 if cfg.dataset == "mnist" else 3)
 
 
 def synthetic_batch(model, cfg: Config, generator: torch.Generator):

@@ -19,10 +19,6 @@ IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}  # (C, H, W) of a 
 IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")  # what torchvision decodes (+ WebP)
 
 
-class NotBuiltError(RuntimeError):
-    """A command whose implementation has not landed yet; says which issue brings it."""
-
-
 # ------------------------------------------------------------------------------------------ input checks
 
 def check_folders(cfg) -> None:

@@ -23,32 +23,49 @@ def conv_block(cin: int, cout: int) -> nn.Sequential:
 
 
 class Judge(nn.Module):
-    """A LeNet-style classifier: two conv blocks (each halves the resolution) then an MLP.
+    """A small CNN classifier: `stages` conv blocks with batch norm, each doubling the width and halving the
+    resolution, then a feature layer and the class head.
 
-    `features` is the 128-dim penultimate layer, the analogue of Inception's pool3 features for FID.
+    Two shapes: with 2 stages (MNIST) the 7x7 map is flattened into an MLP, LeNet-style; with more (CIFAR-10:
+    4, 32 -> 2) the map is max-pooled over space first, the VGG/ResNet habit that makes the features
+    translation-invariant and keeps the feature layer small. `features` is the 128-dim penultimate layer,
+    the analogue of Inception's pool3 features for FID.
     """
 
     def __init__(self, in_channels: int, num_classes: int = 10, image_size: int | None = None, width: int = 32,
-                 feature_dim: int = 128):
+                 feature_dim: int = 128, stages: int = 2, head_dropout: float = 0.25, mirror_tta: bool = False):
         super().__init__()
         self.image_size = image_size or default_image_size(in_channels)
         self.config = dict(in_channels=in_channels, num_classes=num_classes, image_size=self.image_size,
-                           width=width, feature_dim=feature_dim)
-        self.convs = nn.Sequential(
-            conv_block(in_channels, width), nn.MaxPool2d(2),  # H -> H/2
-            conv_block(width, 2 * width), nn.MaxPool2d(2))  # H/2 -> H/4
-        s = self.image_size // 4
-        self.mlp = nn.Sequential(nn.Flatten(), nn.Dropout(0.25), nn.Linear(2 * width * s * s, feature_dim),
+                           width=width, feature_dim=feature_dim, stages=stages, head_dropout=head_dropout,
+                           mirror_tta=mirror_tta)
+        self.mirror_tta = mirror_tta
+        layers, c = [], in_channels
+        for i in range(stages):  # H -> H/2 per stage
+            layers += [conv_block(c, width * 2 ** i), nn.MaxPool2d(2)]
+            c = width * 2 ** i
+        s = self.image_size // 2 ** stages
+        if stages > 2:
+            layers.append(nn.AdaptiveMaxPool2d(1))  # (B, c, s, s) -> (B, c, 1, 1)
+            s = 1
+        self.convs = nn.Sequential(*layers)
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Dropout(head_dropout), nn.Linear(c * s * s, feature_dim),
                                  nn.ReLU())
-        self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(feature_dim, num_classes))
+        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(feature_dim, num_classes))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, C, H, W] in [0, 1] -> penultimate features [B, feature_dim]."""
         return self.mlp(self.convs(images * 2 - 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B, C, H, W] in [0, 1] -> class logits [B, num_classes]."""
-        return self.head(self.features(images))
+        """images [B, C, H, W] in [0, 1] -> class logits [B, num_classes].
+
+        With `mirror_tta` (CIFAR-10) an evaluating judge averages the logits of the image and its mirror image
+        (test-time augmentation): a mirrored cat is still a cat, and the average is a steadier vote."""
+        logits = self.head(self.features(images))
+        if self.mirror_tta and not self.training:
+            logits = (logits + self.head(self.features(images.flip(-1)))) / 2
+        return logits
 
 
 @torch.no_grad()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from minimfm.tokenizers.vq import ConvDecoder, ConvEncoder, default_image_size
 
@@ -47,7 +46,7 @@ class NormalisedLatent(nn.Module):
     def fit_normalisation(self, images: torch.Tensor, batch_size: int = 1000) -> "NormalisedLatent":
         """Set `mean`/`std` [d] from the raw latents of `images` (a few thousand training images suffice)."""
         z = torch.cat([self.raw_encode(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
-        z = z.reshape(-1, self.latent_dim).double()  # (N*h*w, d)
+        z = z.reshape(-1, self.latent_dim).cpu().double()  # (N*h*w, d); on the CPU: MPS has no float64
         self.mean.copy_(z.mean(0))
         self.std.copy_(z.std(0).clamp(min=1e-4))  # a constant dimension must not divide by zero
         return self
@@ -102,19 +101,20 @@ class AutoencoderLatent(NormalisedLatent):
     (which would cost reconstruction quality at this size), and `fit_normalisation` fixes the final scale.
     """
 
-    def __init__(self, in_channels: int, latent_channels: int = 4, hidden: int = 64, image_size: int | None = None):
+    def __init__(self, in_channels: int, latent_channels: int = 4, hidden: int = 64, image_size: int | None = None,
+                 downsample: int = 4):
         super().__init__(latent_channels)
         self.image_size = image_size or default_image_size(in_channels)
-        assert self.image_size % 4 == 0, "the encoder downsamples 4x"
+        assert self.image_size % downsample == 0, f"the encoder downsamples {downsample}x"
         self.config = dict(in_channels=in_channels, latent_channels=latent_channels, hidden=hidden,
-                           image_size=self.image_size)
-        self.in_channels = in_channels
-        self.encoder = ConvEncoder(in_channels, latent_channels, hidden)
-        self.decoder = ConvDecoder(latent_channels, in_channels, hidden)
+                           image_size=self.image_size, downsample=downsample)
+        self.in_channels, self.downsample = in_channels, downsample
+        self.encoder = ConvEncoder(in_channels, latent_channels, hidden, downsample)
+        self.decoder = ConvDecoder(latent_channels, in_channels, hidden, downsample)
 
     @property
     def grid(self) -> tuple[int, int]:
-        return self.image_size // 4, self.image_size // 4
+        return self.image_size // self.downsample, self.image_size // self.downsample
 
     def raw_encode(self, images):
         z = self.encoder(images)  # (B, d, h, w)
@@ -126,8 +126,8 @@ class AutoencoderLatent(NormalisedLatent):
         return self.decoder(z).clamp(0, 1)
 
     def forward(self, images: torch.Tensor, latent_penalty: float = 1e-3):
-        """Training pass: (unclamped reconstruction, loss = MSE + latent_penalty * mean(z^2))."""
+        """Training pass: (unclamped reconstruction, latent_penalty * mean(z^2)); the caller adds the pixel loss."""
         z = self.raw_encode(images)  # (B, h*w, d)
         h, w = self.grid
         recon = self.decoder(z.transpose(1, 2).reshape(len(z), self.latent_dim, h, w))  # clamp would kill gradients
-        return recon, F.mse_loss(recon, images) + latent_penalty * z.pow(2).mean()
+        return recon, latent_penalty * z.pow(2).mean()

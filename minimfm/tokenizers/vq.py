@@ -1,13 +1,15 @@
-"""Discrete image tokens: a VQ-VAE (van den Oord et al., 2017) with an EMA codebook and dead-code restarts.
+"""Discrete image tokens: conv encoder -> quantizer -> conv decoder, and the VQ-VAE quantizer (van den Oord
+et al., 2017) with an EMA codebook and dead-code restarts.
 
-An image goes through a small conv encoder that downsamples 4x (MNIST 28 -> 14 -> 7, CIFAR 32 -> 16 -> 8),
-each of the h*w output vectors is snapped to its nearest codebook entry, and the index of that entry is the
+An image goes through a small conv encoder that downsamples 4x (MNIST 28 -> 14 -> 7, CIFAR 32 -> 16 -> 8; or 2x
+for a finer 14x14 / 16x16 grid), each of the h*w output vectors is quantised, and the index of its code is the
 token. The transformer only ever sees these integers; the decoder turns them back into pixels.
 
-Why VQ with EMA updates rather than FSQ (Mentzer et al., 2023): the codebook is an explicit, inspectable
-table whose size is a free constructor argument (FSQ fixes it to a product of per-dimension levels), and
-with EMA updates plus dead-code restarts the classic "codebook collapse" is fixed in a few readable lines
-while keeping the representation Chameleon/Show-o actually use.
+Three quantizers share the encoder and decoder (`VQTokenizer(quantizer=...)`):
+  vq   nearest entry of a learned codebook (here): an explicit, inspectable table of any size, kept alive by
+       EMA updates and dead-code restarts; the representation Chameleon uses.
+  fsq  finite scalar quantization (fsq.py, Mentzer et al., 2023): round each of a few bounded channels.
+  lfq  lookup-free quantization (lfq.py, MAGVIT-v2): the sign of each channel, a binary code.
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from minimfm.tokenizers.fsq import FiniteScalarQuantizer
+from minimfm.tokenizers.lfq import LookupFreeQuantizer
 
 
 def default_image_size(in_channels: int) -> int:
@@ -35,14 +40,23 @@ class ResBlock(nn.Module):
         return x + self.net(x)
 
 
-class ConvEncoder(nn.Module):
-    """Two stride-2 convs (4x downsampling) + a residual block; shared by the VQ and the autoencoder latents."""
+def check_downsample(downsample: int) -> int:
+    if downsample not in (2, 4):
+        raise ValueError(f"the conv tokenizers downsample 2x or 4x, got {downsample}")
+    return downsample
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64):
+
+class ConvEncoder(nn.Module):
+    """Two convs (stride 2 and 2: 4x downsampling; stride 2 and 1: 2x) + two residual blocks; shared by every
+    discrete tokenizer and the autoencoder latents."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, downsample: int = 4):
         super().__init__()
+        second = (nn.Conv2d(hidden // 2, hidden, 4, stride=2, padding=1) if check_downsample(downsample) == 4
+                  else nn.Conv2d(hidden // 2, hidden, 3, padding=1))
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, hidden // 2, 4, stride=2, padding=1), nn.ReLU(),  # H -> H/2
-            nn.Conv2d(hidden // 2, hidden, 4, stride=2, padding=1),  # H/2 -> H/4
+            second,  # H/2 -> H/4 (or H/2)
             ResBlock(hidden), ResBlock(hidden), nn.ReLU(),
             nn.Conv2d(hidden, out_channels, 1))
 
@@ -55,12 +69,14 @@ class ConvDecoder(nn.Module):
     sigmoid saturates on MNIST's black background within ~30 steps and its gradient vanishes (the model then
     outputs a blank image forever), so pixels are only clamped to [0, 1] at decode time."""
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64):
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, downsample: int = 4):
         super().__init__()
+        first = (nn.ConvTranspose2d(hidden, hidden // 2, 4, stride=2, padding=1) if check_downsample(downsample) == 4
+                 else nn.Conv2d(hidden, hidden // 2, 3, padding=1))
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, hidden, 3, padding=1),
             ResBlock(hidden), ResBlock(hidden), nn.ReLU(),
-            nn.ConvTranspose2d(hidden, hidden // 2, 4, stride=2, padding=1), nn.ReLU(),  # H/4 -> H/2
+            first, nn.ReLU(),  # H/4 -> H/2 (or H/2 -> H/2)
             nn.ConvTranspose2d(hidden // 2, out_channels, 4, stride=2, padding=1))  # H/2 -> H
 
     def forward(self, z):
@@ -136,21 +152,49 @@ class VectorQuantizerEMA(nn.Module):
         q = z + (q - z).detach()  # straight-through: decoder gradient flows to the encoder unchanged
         return q, commitment, codes.view(B, h, w)
 
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, D, h, w] -> codes [B, h, w] of the nearest entries."""
+        B, D, h, w = z.shape
+        return self.nearest(z.permute(0, 2, 3, 1).reshape(-1, D)).view(B, h, w)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, h, w] -> decoder input [B, D, h, w]."""
+        return self.embed[codes].permute(0, 3, 1, 2)
+
+
+QUANTIZERS = ("vq", "fsq", "lfq")
+
 
 class VQTokenizer(nn.Module):
-    """Images [B, C, H, W] in [0, 1] <-> integer codes [B, H/4, W/4] (the image "words" of Chameleon/Show-o)."""
+    """Images [B, C, H, W] in [0, 1] <-> integer codes [B, H/f, W/f] (the image "words" of Chameleon/Show-o).
+
+    `quantizer` picks how the encoder's vectors become codes: "vq" (a learned codebook of `codebook_size`
+    entries of `code_dim`), "fsq" (`levels` per channel, codebook = their product) or "lfq" (`code_dim` sign
+    bits, codebook = 2^code_dim). `downsample` f is 4 (8x8 tokens on CIFAR) or 2 (16x16).
+    """
 
     def __init__(self, in_channels: int, codebook_size: int = 256, code_dim: int = 32, hidden: int = 64,
-                 image_size: int | None = None):
+                 image_size: int | None = None, quantizer: str = "vq", levels: tuple[int, ...] | list[int] = (),
+                 downsample: int = 4):
         super().__init__()
         self.image_size = image_size or default_image_size(in_channels)
-        assert self.image_size % 4 == 0, "the encoder downsamples 4x"
+        assert self.image_size % check_downsample(downsample) == 0, f"the encoder downsamples {downsample}x"
+        if quantizer == "vq":
+            self.quantizer = VectorQuantizerEMA(codebook_size, code_dim)
+        elif quantizer == "fsq":
+            self.quantizer = FiniteScalarQuantizer(levels)
+        elif quantizer == "lfq":
+            self.quantizer = LookupFreeQuantizer(code_dim)
+        else:
+            raise ValueError(f"unknown quantizer '{quantizer}', choose one of {', '.join(QUANTIZERS)}")
+        code_dim, codebook_size = self.quantizer.code_dim, self.quantizer.codebook_size  # fsq/lfq derive them
         self.config = dict(in_channels=in_channels, codebook_size=codebook_size, code_dim=code_dim,
-                           hidden=hidden, image_size=self.image_size)
-        self.in_channels = in_channels
-        self.encoder = ConvEncoder(in_channels, code_dim, hidden)
-        self.quantizer = VectorQuantizerEMA(codebook_size, code_dim)
-        self.decoder = ConvDecoder(code_dim, in_channels, hidden)
+                           hidden=hidden, image_size=self.image_size, quantizer=quantizer,
+                           levels=list(levels) if quantizer == "fsq" else [], downsample=downsample)
+        self.in_channels, self.downsample = in_channels, downsample
+        self.encoder = ConvEncoder(in_channels, code_dim, hidden, downsample)
+        self.decoder = ConvDecoder(code_dim, in_channels, hidden, downsample)
 
     @property
     def codebook_size(self) -> int:
@@ -158,28 +202,26 @@ class VQTokenizer(nn.Module):
 
     @property
     def grid(self) -> tuple[int, int]:
-        """Token grid (h, w) for this tokenizer's image size: 7x7 for MNIST, 8x8 for CIFAR-10."""
-        return self.image_size // 4, self.image_size // 4
+        """Token grid (h, w): 7x7 for MNIST, 8x8 for CIFAR-10 at 4x downsampling (14x14, 16x16 at 2x)."""
+        return self.image_size // self.downsample, self.image_size // self.downsample
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B, C, H, W] in [0, 1] -> codes LongTensor [B, H/4, W/4] in [0, codebook_size)."""
-        z = self.encoder(images)  # (B, D, h, w)
-        B, D, h, w = z.shape
-        return self.quantizer.nearest(z.permute(0, 2, 3, 1).reshape(-1, D)).view(B, h, w)
+        """images [B, C, H, W] in [0, 1] -> codes LongTensor [B, h, w] in [0, codebook_size)."""
+        return self.quantizer.encode(self.encoder(images))
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, h, w] -> images [B, C, 4h, 4w] in [0, 1]."""
-        q = self.quantizer.embed[codes].permute(0, 3, 1, 2)  # (B, D, h, w)
-        return self.decoder(q).clamp(0, 1)
+        """codes [B, h, w] -> images [B, C, H, W] in [0, 1]."""
+        return self.decoder(self.quantizer.lookup(codes)).clamp(0, 1)
 
     def forward(self, images: torch.Tensor):
-        """Training pass: (reconstruction, commitment loss, codes). Updates the codebook in train mode.
+        """Training pass: (reconstruction, quantizer loss, codes). Updates a VQ codebook in train mode.
 
-        The reconstruction is not clamped (a clamp has zero gradient outside [0, 1]); `decode` clamps it."""
-        q, commitment, codes = self.quantizer(self.encoder(images))
-        return self.decoder(q), commitment, codes
+        The quantizer loss is VQ's or LFQ's commitment (plus LFQ's entropy term), zero for FSQ. The
+        reconstruction is not clamped (a clamp has zero gradient outside [0, 1]); `decode` clamps it."""
+        q, aux, codes = self.quantizer(self.encoder(images))
+        return self.decoder(q), aux, codes
 
 
 def codebook_stats(codes: torch.Tensor, codebook_size: int) -> dict:

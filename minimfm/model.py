@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from minimfm.config import Config
 from minimfm.masks import attention_mask
 from minimfm.modes import get_mode
+from minimfm.modes.sampling import with_unconditional
 from minimfm.sequence import IGNORE, Batch, Layout, pack
 from minimfm.tokenizers.text import TextTokenizer
 from minimfm.transformer import KVCache, Transformer, init_weights
@@ -86,6 +87,13 @@ class MultimodalModel(nn.Module):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"--steps: must be a whole number >= 1, got {steps!r}")
         return steps
+
+    def prompt_batch(self, prompts: list[list[int]], cfg_scale: float) -> tuple[Batch, torch.Tensor, int]:
+        """What every sampler starts from: the text-to-image prompts packed (followed by as many empty captions
+        when guiding, the unconditional rows), their full attention mask, and P, where the image starts."""
+        rows = with_unconditional(prompts, cfg_scale)
+        batch = self.pack(rows, torch.ones(len(rows), dtype=torch.bool))
+        return batch, self.mask(batch.modality), self.layout.prompt_length()
 
     def check_known(self, known: torch.Tensor | None, known_mask: torch.Tensor | None, B: int
                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimfm.model import MultimodalModel
-from minimfm.modes.sampling import guided, repeat_for_guidance, sample_from_logits, with_unconditional
+from minimfm.modes.sampling import guided, repeat_for_guidance, sample_from_logits
 from minimfm.transformer import KVCache, init_weights
 
 
@@ -69,10 +69,7 @@ class ARModel(MultimodalModel):
         top_p = cfg.top_p if top_p is None else top_p
         B = len(prompts)
         known, known_mask = self.check_known(known, known_mask, B)
-        rows = with_unconditional(prompts, cfg_scale)
-        batch = self.pack(rows, torch.ones(len(rows), dtype=torch.bool))
-        full_mask = self.mask(batch.modality)
-        P = self.layout.prompt_length()
+        batch, full_mask, P = self.prompt_batch(prompts, cfg_scale)
         grid = self.image_grid_embedding()
         x = self.text_emb(batch.tokens[:, :P])  # (B', P, D)
         codes = torch.zeros(B, N, dtype=torch.long, device=self.device)

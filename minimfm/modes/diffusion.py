@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimfm.model import MultimodalModel
-from minimfm.modes.sampling import guided, repeat_for_guidance, with_unconditional
+from minimfm.modes.sampling import guided, repeat_for_guidance
 from minimfm.modes.schedules import TimestepEmbedding, make_schedule
 from minimfm.transformer import KVCache
 
@@ -160,11 +160,9 @@ class DiffusionModel(MultimodalModel):
                              f"choose {', '.join(schedule.samplers)}")
         B, N = len(prompts), self.n_image
         known, known_mask = self.check_known(known, known_mask, B)
-        rows = with_unconditional(prompts, cfg_scale)
-        batch = self.pack(rows, torch.ones(len(rows), dtype=torch.bool))
-        P = self.layout.prompt_length()
+        batch, mask, P = self.prompt_batch(prompts, cfg_scale)
         end = P + N  # [EOI] and [EOS] after the image play no part in denoising
-        mask, positions = self.mask(batch.modality)[:, :end, :end], batch.positions[:, :end]
+        mask, positions = mask[:, :end, :end], batch.positions[:, :end]
         prefix = self.text_emb(batch.tokens[:, :P])  # (B', P, D)
         cache = None
         if use_cache:
@@ -177,7 +175,7 @@ class DiffusionModel(MultimodalModel):
         x = torch.randn((B, N, self.latent_dim), generator=generator, device=generator.device).to(self.device)
         times = schedule.sampling_times(S)
         for t, t_next in zip(times[:-1], times[1:]):
-            t_rows = torch.full((len(rows),), t, device=self.device)  # (B',) int (DDPM step) or float (flow)
+            t_rows = torch.full((len(batch.tokens),), t, device=self.device)  # (B',) int (DDPM step) or float (flow)
             if known is not None:
                 x_known = schedule.add_noise(known, torch.randn(x.shape, generator=generator,
                                                                 device=generator.device).to(x), t_rows[:B])

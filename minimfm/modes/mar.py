@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from minimfm.model import MultimodalModel
 from minimfm.modes.sampling import (guided, mask_schedule, masked_counts, most_confident, repeat_for_guidance,
-                                    training_mask, with_unconditional)
+                                    training_mask)
 from minimfm.modes.schedules import TimestepEmbedding, make_schedule
 from minimfm.transformer import KVCache, init_weights
 
@@ -183,10 +183,7 @@ class MARModel(MultimodalModel):
         temperature = cfg.temperature if temperature is None else temperature
         B, N, dev = len(prompts), self.n_image, self.device
         known, known_mask = self.check_known(known, known_mask, B)
-        rows = with_unconditional(prompts, cfg_scale)
-        batch = self.pack(rows, torch.ones(len(rows), dtype=torch.bool))
-        full_mask = self.mask(batch.modality)
-        P = self.layout.prompt_length()
+        batch, full_mask, P = self.prompt_batch(prompts, cfg_scale)
 
         hidden = torch.ones(B, N, dtype=torch.bool, device=dev) if known_mask is None else ~known_mask
         tokens = torch.zeros(B, N, self.latent_dim, device=dev) if known is None else known.float().clone()

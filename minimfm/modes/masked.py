@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from minimfm.model import MultimodalModel
 from minimfm.modes.sampling import (choice_noise_scale, guided, gumbel_noise, masked_counts, most_confident,
-                                    repeat_for_guidance, sample_from_logits, training_mask, with_unconditional)
+                                    repeat_for_guidance, sample_from_logits, training_mask)
 from minimfm.transformer import KVCache, init_weights
 
 CHOICE_TEMPERATURE = 4.5  # MaskGIT's Gumbel-noise scale on the confidences at step 0 (annealed to 0)
@@ -118,10 +118,7 @@ class MaskedModel(MultimodalModel):
         top_p = cfg.top_p if top_p is None else top_p
         B, N, dev = len(prompts), self.n_image, self.device
         known, known_mask = self.check_known(known, known_mask, B)
-        rows = with_unconditional(prompts, cfg_scale)
-        batch = self.pack(rows, torch.ones(len(rows), dtype=torch.bool))
-        full_mask = self.mask(batch.modality)
-        P = self.layout.prompt_length()
+        batch, full_mask, P = self.prompt_batch(prompts, cfg_scale)
 
         masked = torch.ones(B, N, dtype=torch.bool, device=dev) if known_mask is None else ~known_mask
         codes = torch.full((B, N), self.mask_code, dtype=torch.long, device=dev)

@@ -4,6 +4,7 @@ import torch
 from minimfm.checkpoint import save_atomic
 from minimfm.config import make_config
 from minimfm.runs import build_model
+from minimfm.tokenizers.latent import PatchLatent
 from minimfm.tokenizers.store import tokenizer_path
 from minimfm.tokenizers.training import tokenizer_to_checkpoint
 from minimfm.tokenizers.vq import VQTokenizer
@@ -24,6 +25,23 @@ def tiny_model(mode="ar", seed=0, **overrides):
     tokenizer = tiny_vq(cfg, seed)
     torch.manual_seed(seed)
     return build_model(cfg, tokenizer)
+
+
+def tiny_latent_model(mode, seed=0, randomise_zero_layers=True, **overrides):
+    """A mode over continuous tokens on a 7x7 grid of 16-dim patch latents (MNIST-shaped), 2 layers of width 32.
+
+    Zero-initialised layers (output layers, adaLN and head gates) are randomised by default: at exactly 0 every
+    sampler test would pass trivially."""
+    cfg = make_config("smoke", **{**dict(mode=mode, latent_kind="patch", d_model=32, n_layer=2, n_head=2),
+                                  **overrides})
+    torch.manual_seed(seed)
+    model = build_model(cfg, PatchLatent(1, patch=4))
+    if randomise_zero_layers:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad and not p.any():
+                    p.normal_(0, 0.1)
+    return model.eval()
 
 
 def install_random_vq(cfg):

@@ -4,27 +4,15 @@ import math
 import pytest
 import torch
 
-from minimfm.config import make_config
+from helpers import tiny_latent_model
 from minimfm.modes.schedules import DDPMSchedule, FlowSchedule, cosine_alpha_bar
-from minimfm.runs import build_model
-from minimfm.tokenizers.latent import PatchLatent
 
 S = 5  # the smoke preset's diffusion_steps
 
 
 def tiny_model(seed=0, randomise_zero_layers=True, **overrides):
     """A 7x7 grid of 16-dim patch latents (MNIST-shaped), a 2-layer width-32 transformer."""
-    cfg = make_config("smoke", **{**dict(mode="diffusion", latent_kind="patch", d_model=32, n_layer=2, n_head=2,
-                                         diffusion_steps=S), **overrides})
-    torch.manual_seed(seed)
-    model = build_model(cfg, PatchLatent(1, patch=4))
-    if randomise_zero_layers:
-        # the output layer and adaLN start at exactly 0, which would make every sampler test trivially pass
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad and not p.any():
-                    p.normal_(0, 0.1)
-    return model.eval()
+    return tiny_latent_model("diffusion", seed, randomise_zero_layers, **{"diffusion_steps": S, **overrides})
 
 
 def prompts(m):

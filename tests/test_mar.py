@@ -4,26 +4,16 @@ import math
 import pytest
 import torch
 
+from helpers import tiny_latent_model
 from minimfm.config import make_config
 from minimfm.flops import matmul_parameters, step_flops
 from minimfm.modes import MODE_NAMES, get_mode, image_tokenizer_kind
 from minimfm.modes.mar import HEAD_BATCH_MUL, MARModel
-from minimfm.runs import build_model
-from minimfm.tokenizers.latent import PatchLatent
 
 
 def tiny_model(seed=0, randomise_zero_layers=True, **overrides):
     """A 7x7 grid of 16-dim patch latents (MNIST-shaped), a 2-layer width-32 transformer."""
-    cfg = make_config("smoke", **{**dict(mode="mar", latent_kind="patch", d_model=32, n_layer=2, n_head=2,
-                                         mask_steps=4, diffusion_steps=3), **overrides})
-    torch.manual_seed(seed)
-    model = build_model(cfg, PatchLatent(1, patch=4))
-    if randomise_zero_layers:  # the head's zero-initialised layers would make sampler tests trivially pass
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad and not p.any():
-                    p.normal_(0, 0.1)
-    return model.eval()
+    return tiny_latent_model("mar", seed, randomise_zero_layers, **{"mask_steps": 4, "diffusion_steps": 3, **overrides})
 
 
 def prompts(m):

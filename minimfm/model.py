@@ -124,11 +124,14 @@ class MultimodalModel(nn.Module):
 
     def embed_sequence(self, tokens: torch.Tensor, modality: torch.Tensor,
                        image_inputs: torch.Tensor | None) -> torch.Tensor:
-        """Text embeddings everywhere, then the image inputs (B, N, D) written into the image positions."""
+        """Text embeddings everywhere, then the image inputs (M, N, D) written into the image positions.
+
+        M = B for one image per row; a segment batch (minimfm/segments.py) has M images in reading order, each
+        numbered k >= 1 in `modality`, and they fill the positions in that same order."""
         x = self.text_emb(tokens)  # (B, T, D)
         if image_inputs is not None:
             image_inputs = image_inputs + self.image_grid_embedding()
-            x = x.masked_scatter((modality == 1)[..., None], image_inputs.to(x.dtype))
+            x = x.masked_scatter((modality >= 1)[..., None], image_inputs.to(x.dtype))
         return x
 
     def mask(self, modality: torch.Tensor) -> torch.Tensor:

@@ -6,11 +6,12 @@ velocity v (rectified flow); text positions keep the next-token loss:
 
     L = L_text + λ · ||f(x_t, t) − target||²        (schedules.py holds x_t, the target and the samplers)
 
-Around the shared transformer sit a patch encoder and decoder (linear, or the small conv "U-Net down/up" of
-Transfusion §4.1 on the (h, w) grid) and a timestep embedding, either added to every image position
-(Transfusion) or fed to adaLN-Zero (DiT). Inside an image attention is bidirectional (the omni mask), so every
-patch sees the whole noisy image; the caption before it is causal and never sees the image, so during sampling
-its keys/values are computed once and each of the S denoising steps processes only the N image positions.
+Around the shared transformer sit a patch encoder and decoder (linear, or a small conv encoder/decoder on the
+(h, w) grid: two 3x3 convs, no down/up-sampling, so not Transfusion §4.1's U-Net blocks) and a timestep embedding,
+either added to every image position (Transfusion) or fed to adaLN-Zero (DiT). Inside an image attention is
+bidirectional (the omni mask), so every patch sees the whole noisy image; the caption before it is causal and
+never sees the image, so during sampling its keys/values are computed once and each of the S denoising steps
+processes only the N image positions.
 """
 from __future__ import annotations
 
@@ -42,11 +43,12 @@ class LinearPatches(nn.Module):
 
 
 class ConvPatches(nn.Module):
-    """Transfusion §4.1's U-Net down/up blocks, shrunk to two 3x3 convs on the (h, w) latent grid.
+    """A small conv encoder/decoder: two 3x3 convs on the (h, w) latent grid, no down/up-sampling.
 
     Each position's vector is mixed with its neighbours before (or after) the transformer, which a per-position
-    linear map cannot do. There is no down/upsampling: one latent position must stay one transformer position,
-    because the sequence layout fixes N = h·w.
+    linear map cannot do. It is not Transfusion §4.1's U-Net down/up blocks, only a stand-in for their local
+    mixing: there is no down/up-sampling (and no U-Net skip path), because one latent position must stay one
+    transformer position, the sequence layout fixing N = h·w.
     """
 
     def __init__(self, d_in: int, d_out: int, grid: tuple[int, int], zero: bool = False):
@@ -111,7 +113,7 @@ class DiffusionModel(MultimodalModel):
         if not self.uses_adaln():
             return {}
         t = self.schedule.zero_time(modality.shape[0], self.device) if t is None else t
-        return {"cond": self.time_embedding(t)[:, None], "cond_mask": modality == 1}
+        return {"cond": self.time_embedding(t)[:, None], "cond_mask": modality >= 1}  # every image of the row
 
     def reading_inputs(self, latents: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Captioning reads the clean latents at t = 0, in the image-to-text layout the base class packs."""

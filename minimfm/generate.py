@@ -1,0 +1,222 @@
+"""Interleaved generation: the model writes text until IT emits [BOI], the mode draws that image, [EOI] follows and
+the text goes on until [EOS] (Transfusion §2.3 / §3: "the model emits BOI and switches to diffusion"; Chameleon's
+mixed-modal decoding). The caller gives known text (and images); the model decides when an image comes.
+
+    prompt   [T2I] [BOS] the digit 3 ,    known text, read in one pass into the loop's KV cache
+    text     written thin [BOI]           one cached step per word, greedy or sampled
+    image    ▢ ▢ ▢ ▢                       the mode's sampler, given the caption "the digit 3 , written thin"
+    read     ▢ ▢ ▢ ▢ [EOI]                 the finished image read back, clean, into the loop's cache
+    text     [EOS]                         (or more words, another [BOI], ...)
+
+The model may only choose words, [BOI] or [EOS]: [EOI] is forced after an image (it has a fixed size N, so
+Chameleon forces it too) and the other special tokens never follow text, so the modality switches only on
+[BOI] / [EOI]. Models with Show-o's task tokens (masked, mar) get [T2I] in front: "text, then an image" is the
+only sequence they were trained to continue with an image.
+
+What is reused and what is recomputed, in this first step:
+- Reused: the loop's KV cache holds the whole sequence; a word costs one position, a finished image N, [EOI] one.
+- Recomputed: the image sampler is today's one-image `model.sample_images([caption])`, so it lays out and
+  re-encodes its own prompt (sequence.pack's `[T2I] [BOS] caption [BOI]`, plus the empty caption's row when
+  guiding) into its own cache. It sees only the caption, i.e. the text since the last [BOS] or [EOI] (its last
+  `max_text_len` words): not earlier images, not earlier text. The finished image is then read once more, clean
+  (t = 0, nothing masked), because the sampler's last pass saw it noisy or partly masked (ar's last pass saw the
+  same codes and could be reused).
+- A later step needs: samplers that take the loop's prefix cache instead of a caption (the unconditional branch
+  then needs its own short cache), so an image can depend on earlier images (editing, "draw the next digit");
+  and training with per-image timesteps / noise (diffusion: one t per sequence today, shared by its images),
+  per-image mask ratios (masked, mar) and per-image predictor offsets (ar), so the model has seen a clean
+  earlier image beside the one being generated. Batched decoding (rows in lockstep, per-row positions, idle
+  rows masked) would replace the one-row loop here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from minimfm.masks import TEXT
+from minimfm.modes.sampling import sample_from_logits
+from minimfm.segments import IMAGE, Segments, check
+from minimfm.tokenizers.text import SPECIAL_TOKENS
+from minimfm.transformer import KVCache
+
+
+class Context:
+    """The sequence so far as a KV cache: feed text or a finished image, read the next-token logits, draw an image.
+
+    This is the loop's only view of the model, so tests can script it (tests/test_generate.py)."""
+
+    def __init__(self, model, *, cfg_scale: float | None = None, steps: int | None = None,
+                 generator: torch.Generator | None = None, **sampler_options):
+        self.model, self.tok = model, model.tok
+        self.max_caption = model.layout.max_text_len
+        self.cache = KVCache(model.cfg.n_layer)
+        self.modality: list[int] = []  # 0 text, k image number k: the mask of every new position comes from it
+        self.h: torch.Tensor | None = None  # (D,) output at the last position
+        self.cfg_scale = model.cfg.cfg_scale if cfg_scale is None else cfg_scale
+        self.steps, self.options = steps, sampler_options
+        self.generator = generator or torch.Generator(model.device).manual_seed(0)
+        self.nfe = 0
+
+    @property
+    def length(self) -> int:
+        return len(self.modality)
+
+    def _feed(self, x: torch.Tensor, modality: list[int], **kwargs) -> None:
+        """Append x (1, n, D) at the next n positions; their mask rows are those of the full sequence's mask."""
+        n = len(modality)
+        self.modality += modality
+        full = torch.tensor([self.modality], device=self.model.device)  # (1, T)
+        T = full.shape[1]
+        mask = self.model.mask(full)[:, T - n:]  # (1, n, T): the same rows a full forward pass would use
+        positions = torch.arange(T - n, T, device=self.model.device)[None]  # (1, n)
+        self.h = self.model.transformer(x, mask, positions, cache=self.cache, **kwargs)[0, -1]  # (D,)
+
+    def feed_text(self, ids: list[int]) -> None:
+        if ids:
+            self._feed(self.model.text_emb(torch.tensor([ids], device=self.model.device)), [TEXT] * len(ids))
+
+    def feed_image(self, rep: torch.Tensor) -> None:
+        """Read a finished image, (N,) codes or (N, d) latents, as clean inputs (what captioning reads)."""
+        model = self.model
+        k = max(self.modality, default=0) + 1  # images are numbered 1, 2, ...: image k never sees image k + 1
+        x = model.embed_images(rep[None].to(model.device)) + model.image_grid_embedding()  # (1, N, D)
+        # adaLN (diffusion): these positions are image positions at t = 0; {} for every other mode
+        kwargs = model.transformer_kwargs(torch.ones(1, model.n_image, dtype=torch.long, device=model.device))
+        self._feed(x, [k] * model.n_image, **kwargs)
+
+    def logits(self) -> torch.Tensor:
+        """(V,) next-token logits at the last position fed."""
+        return self.model.text_head(self.h).float()
+
+    def draw(self, caption: list[int]) -> torch.Tensor:
+        """The mode's one-image sampler on the caption: (N,) codes or (N, d) latents."""
+        rep, nfe = self.model.sample_images([caption], steps=self.steps, cfg_scale=self.cfg_scale,
+                                            generator=self.generator, **self.options)
+        self.nfe += nfe
+        return rep[0]
+
+
+@dataclass
+class Generation:
+    """What the loop produced: the whole sequence as segments (packable, minimfm/segments.py) and its images."""
+    segments: Segments = field(default_factory=lambda: [[]])
+    images: list[torch.Tensor] = field(default_factory=list)  # every image in order, known ones included:
+    #                                                           codes (N,) or latents (N, d)
+    drawn: list[int] = field(default_factory=list)            # which of them the mode drew
+    chosen: list[int] = field(default_factory=list)           # the text ids the model chose (prompt excluded)
+    logits: list[torch.Tensor] = field(default_factory=list)  # (V,) the logits each choice was made from
+    read_at: list[int] = field(default_factory=list)          # the sequence index those logits came from
+
+    def finished(self, tok) -> bool:
+        """The model ended the sequence itself with [EOS] (not the length limit)."""
+        return bool(self.chosen) and self.chosen[-1] == tok.eos_id
+
+    def text(self, tok) -> str:
+        """The sequence as one readable line, special tokens kept, images as <image k>."""
+        parts, k = [], 0
+        for seg in self.segments:
+            if seg is IMAGE:
+                k += 1
+                parts.append(f"<image {k}>")
+            else:
+                parts.append(tok.decode(seg, skip_special=False))
+        return " ".join(p for p in parts if p)
+
+
+def caption_span(text: list[int], tok, max_len: int) -> list[int]:
+    """The words since the last [BOS] / [EOI] (what a one-image sampler was trained on), its last max_len."""
+    words = []
+    for t in text:
+        if t in (tok.bos_id, tok.eoi_id):
+            words = []
+        elif tok.vocab[t] not in SPECIAL_TOKENS:
+            words.append(t)
+    return words[-max_len:]
+
+
+def encode_prompt(model, prompt: str) -> list[int]:
+    """'a three' -> [T2I]? [BOS] a three. Special tokens may be written ('[BOS] a three [BOI]'); [BOS] and, for
+    models with task tokens, [T2I] are added in front when the prompt does not start with them."""
+    tok, ids = model.tok, []
+    for word in prompt.split():
+        ids += [tok.index[word]] if word in SPECIAL_TOKENS else tok.encode(word)
+    if ids and ids[0] in (tok.t2i_id, tok.mmu_id):
+        task = ids[:1]
+        ids = ids[1:]
+    else:
+        task = [tok.t2i_id] if model.task_tokens else []
+    return task + ([] if ids[:1] == [tok.bos_id] else [tok.bos_id]) + ids
+
+
+def decode(ctx, prompt: Segments, known: list[torch.Tensor] = (), *, max_tokens: int = 48, max_images: int = 4,
+           temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+           generator: torch.Generator | None = None) -> Generation:
+    """The loop on a context: read the prompt (text segments, IMAGE for each of `known`), then choose text and draw
+    images until [EOS] or `max_tokens` chosen ids. A prompt ending in [BOI] asks for an image at once."""
+    tok, out, known = ctx.tok, Generation(), list(known)
+    generator = generator or torch.Generator().manual_seed(0)
+    banned = [tok.pad_id, tok.bos_id, tok.eoi_id, tok.mask_id, tok.t2i_id, tok.mmu_id]  # never follow text
+    check(prompt, tok)  # [BOI] before each image, [EOI] after it, neither anywhere else
+    pending: list[int] = []
+    for seg in prompt:  # known text and images: read, nothing chosen
+        if seg is IMAGE:
+            if not known:
+                raise ValueError("the prompt has more IMAGE segments than known images")
+            ctx.feed_text(pending)
+            out.segments[-1] += pending
+            out.images.append(known.pop(0))
+            ctx.feed_image(out.images[-1])
+            out.segments += [IMAGE, []]
+            pending = []
+        else:
+            pending += list(seg)
+    if known:
+        raise ValueError(f"{len(known)} known images left over: the prompt has fewer IMAGE segments")
+    if not pending and out.images:
+        pending = [tok.eoi_id]  # the prompt ends with a known image: close it
+    if not pending or pending[-1] == tok.eos_id:
+        raise ValueError("the prompt must end in text, [BOI] or a known image, not be empty or end in [EOS]")
+    n_images = out.segments.count(IMAGE)
+    while True:
+        ctx.feed_text(pending)
+        out.segments[-1] += pending
+        if pending[-1] == tok.boi_id:  # the switch to the image, and the only one
+            rep = ctx.draw(caption_span(out.segments[-1], tok, ctx.max_caption))
+            ctx.feed_image(rep)
+            out.drawn.append(len(out.images))
+            out.images.append(rep)
+            out.segments += [IMAGE, []]
+            n_images += 1
+            pending = [tok.eoi_id]  # forced: the image has exactly N positions
+            continue
+        if pending[-1] == tok.eos_id or len(out.chosen) >= max_tokens:
+            break
+        logits = ctx.logits()  # (V,)
+        allowed = logits.clone()
+        allowed[banned + ([tok.boi_id] if n_images >= max_images else [])] = float("-inf")
+        next_id = int(sample_from_logits(allowed[None], generator, temperature, top_k, top_p)[0])
+        out.chosen.append(next_id)
+        out.logits.append(logits)
+        out.read_at.append(ctx.length - 1)
+        pending = [next_id]
+    return out
+
+
+@torch.no_grad()
+def generate(model, prompt: str | Segments, known: list[torch.Tensor] = (), *, max_tokens: int = 48,
+             max_images: int = 4, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             cfg_scale: float | None = None, steps: int | None = None, seed: int = 0,
+             **sampler_options) -> Generation:
+    """Interleaved generation for one prompt ('a three', '[BOS] the digit 3 ,', or segments with known images).
+
+    Text is greedy by default (temperature 0); `cfg_scale`, `steps` and the keyword options go to the mode's
+    sampler. Returns a Generation; `model.decode_images(torch.stack(g.images))` gives the pictures."""
+    if isinstance(prompt, str):
+        prompt = [encode_prompt(model, prompt)]
+    generator = torch.Generator(model.device).manual_seed(seed)
+    ctx = Context(model, cfg_scale=cfg_scale, steps=steps, generator=generator, **sampler_options)
+    out = decode(ctx, prompt, known, max_tokens=max_tokens, max_images=max_images, temperature=temperature,
+                 top_k=top_k, top_p=top_p, generator=generator)
+    model.last_nfe = ctx.nfe
+    return out

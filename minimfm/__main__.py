@@ -1,5 +1,5 @@
 """`python -m minimfm <command>`: train, sample, caption, evaluate, compare, claims, bench,
-tokenizer.
+tokenizer, course.
 
 Every error a user can cause (bad flag, missing dataset, wrong checkpoint, unknown prompt word, a file that is
 not what it should be, a full disk, a diverging loss) ends the program with one line on stderr (at most
@@ -16,7 +16,7 @@ import re
 import sys
 
 from minimfm.commands import CHUNK, MAX_GRID, MAX_IMAGES
-from minimfm.config import DEVICES, MAX_SAMPLING_STEPS, ConfigError, add_config_flags, check_run_name, shorten
+from minimfm.config import DEVICES, MAX_SAMPLING_STEPS, PRESETS, ConfigError, add_config_flags, check_run_name, shorten
 from minimfm.modes import REGISTRY
 
 MAX_MESSAGE = 300
@@ -96,8 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training minutes per mode instead (speed measured first on a few steps)")
     p.add_argument("--name", type=run_name, default=None,
                    help="folder under --runs-dir (default: compare-<dataset>-<preset>)")
-    p.add_argument("--sweep-n", type=whole(1, 10_000), default=100,
-                   help="images per point of the step sweep, the CFG check and the mid-training evaluations")
+    p.add_argument("--seeds", type=whole(1, 100), default=None,
+                   help="training seeds per mode (--seed, --seed + 1, ...): every metric as mean ± 95 %% interval "
+                        "over them, modes compared by a paired t-test (default 3; smoke: 1)")
+    p.add_argument("--sweep-n", type=whole(1, 10_000), default=None,
+                   help="images per point of the quality-vs-compute curve, the step sweep and the CFG check: one "
+                        "number for every point, so Fréchet distances compare (default: --eval-samples)")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier comparison of the same name")
 
     p = sub.add_parser("claims", help="small controlled runs that test five claims of the papers")
@@ -122,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "judge: the evaluation classifier")
     add_config_flags(p)
     p.add_argument("--overwrite", action="store_true", help="retrain even if a checkpoint exists")
+
+    p = sub.add_parser("course", help="build every checkpoint and tokenizer the notebooks need, before class")
+    p.add_argument("action", choices=["prepare"], help="what to do")
+    p.add_argument("--dataset", choices=["mnist", "cifar10"], default="mnist", help="the chapters' dataset")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="default: the notebooks' choice ($MINIMFM_PRESET, else small on a GPU and tiny on a CPU)")
+    p.add_argument("--dry-run", action="store_true", help="list the items and which are built; build nothing")
 
     steps_help = (f"override the sampling steps, 1 to {MAX_SAMPLING_STEPS}: " +
                   ", ".join(f"{s.name}: --{s.steps_field.replace('_', '-')}" for s in REGISTRY.values() if s.has_steps)

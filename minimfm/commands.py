@@ -232,7 +232,7 @@ def compare(args) -> int:
     cfg = config_from_args(args)
     check_folders(cfg)
     out = run_comparison(cfg, name=args.name, budget_flops=args.budget_flops, budget_minutes=args.budget_minutes,
-                         sweep_n=args.sweep_n, overwrite=args.overwrite)
+                         seeds=args.seeds, sweep_n=args.sweep_n, overwrite=args.overwrite)
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.json, results.md, quality_vs_steps.png, quality_vs_compute.png, samples.png")
     return 0
@@ -253,4 +253,10 @@ def bench(args) -> int:
     out = check_output(args.out, (".json",)) if args.out else None
     result = run_bench(config_from_args(args), steps=args.steps, warmup=args.warmup)
     _report(format_bench(result), result, out)
+    return 0
+
+
+def course(args) -> int:
+    from minimfm.course import prepare
+    prepare(args.dataset, args.preset, dry_run=args.dry_run)
     return 0

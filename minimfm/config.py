@@ -103,8 +103,8 @@ class Config:
     # diffusion mode (Transfusion)
     objective: str = _f("flow", "DDPM ε-prediction (cosine schedule) or rectified flow (velocity)",
                         ("ddpm", "flow"))
-    patch_encoder: str = _f("linear", "image input/output layers: linear, or a small conv U-Net down/up",
-                            ("linear", "conv"))
+    patch_encoder: str = _f("linear", "image input/output layers: linear, or a small conv encoder/decoder (two 3x3 "
+                                      "convs, no down/up-sampling; not Transfusion's U-Net blocks)", ("linear", "conv"))
     time_cond: str = _f("add", "timestep conditioning: added to image positions (Transfusion) or adaLN-Zero (DiT)",
                         ("add", "adaln"))
     image_attention: str = _f("bidirectional", "attention inside an image (causal is the ablation)",
@@ -243,7 +243,7 @@ PRESETS: dict[str, dict] = {
                   tokenizer_batch_size=256, eval_samples=2000, eval_captions=2000, sample_every=2000,
                   ckpt_every=2000),
     # paper-shaped: 8 GPUs with torchrun; 2.2e18 FLOPs per mode, estimated 20-60 min on 8 H100s (not yet measured);
-    # conv patch encoder and λ = 5 as in Transfusion
+    # λ = 5 as in Transfusion; the conv patch encoder (two 3x3 convs) stands in for its U-Net down/up blocks
     "full": dict(d_model=768, n_layer=16, n_head=12, batch_size=512, max_steps=100000, lr=3e-4,
                  warmup_steps=2000, ema=0.9999, patch_encoder="conv", image_loss_weight=5.0,
                  vq_codebook_size=1024, vq_steps=20000, ae_steps=20000, judge_steps=8000,

@@ -6,6 +6,12 @@ training split) scores the class; the same attribute functions that wrote the tr
 (minimfm/data.py) score the attributes. The Fréchet distance uses judge features and is reported beside the
 floor of real training images measured against the same test set with the same number of images, because
 the estimate is biased upwards for small sample sizes.
+
+Captions are scored twice: caption accuracy asks only for the class word; caption attribute accuracy asks for the
+class AND every attribute the caption names (MNIST thickness and slant, CIFAR-10 brightness and colour) to match
+the pixels of the image, measured by the same functions. The caption templates leave an attribute out now and
+then ("the digit 7, written bold" says nothing about slant), so an attribute a caption does not name is not
+scored, but a caption that names none counts as wrong: it has said nothing checkable beyond the class.
 """
 from __future__ import annotations
 
@@ -34,6 +40,11 @@ def caption_class(caption: str, dataset: str) -> int | None:
     words = set(caption.replace(",", " ").split())
     named = {c for c, names in enumerate(class_words(dataset)) if words & set(names)}
     return named.pop() if len(named) == 1 else None
+
+
+def caption_attributes_right(caption: str, truth: dict[str, str], dataset: str) -> dict[str, bool]:
+    """For each attribute the caption names, whether it is the image's own (`truth`, from its pixels)."""
+    return {k: v == truth[k] for k, v in mentioned_attributes(caption, dataset).items()}
 
 
 @torch.no_grad()
@@ -81,12 +92,19 @@ def evaluate(model, judge, *, n_samples: int, n_captions: int, cfg_scale: float 
 
     # --- image-to-text: caption real test images, and perplexity of their true captions (n_captions=0 skips)
     cap_idx = balanced_indices(test.labels, n_captions) if n_captions else []
-    correct, nll, count, examples = 0, 0.0, 0, []
+    correct, all_right, nll, count, examples = 0, 0, 0.0, 0, []
+    named = {k: [] for k in keys}  # per attribute: right or wrong, over the captions that name it
     for start in tqdm(range(0, len(cap_idx), batch_size), desc="captioning", disable=not verbose, leave=False):
         chunk = cap_idx[start:start + batch_size]
         rep = model.encode_images(test.images[chunk])
         texts = [model.tok.decode(ids) for ids in model.caption_ids(rep)]
-        correct += sum(caption_class(t, cfg.dataset) == int(test.labels[i]) for t, i in zip(texts, chunk))
+        for t, i in zip(texts, chunk):
+            class_right = caption_class(t, cfg.dataset) == int(test.labels[i])
+            right = caption_attributes_right(t, test.attributes[i], cfg.dataset)
+            for k, ok in right.items():
+                named[k].append(ok)
+            correct += class_right
+            all_right += class_right and bool(right) and all(right.values())
         s, c = model.caption_nll(rep, [model.tok.encode(test.caption(i)) for i in chunk])
         nll, count = nll + float(s.sum()), count + int(c.sum())
         examples += [(test.caption(i), t) for i, t in zip(chunk[:2], texts[:2])]
@@ -102,6 +120,8 @@ def evaluate(model, judge, *, n_samples: int, n_captions: int, cfg_scale: float 
         "frechet_distance": frechet_distance(gen_feats, test_feats),
         "frechet_floor": frechet_distance(floor_feats, test_feats),
         "caption_accuracy": correct / len(cap_idx) if cap_idx else None,
+        "caption_attribute_accuracy": all_right / len(cap_idx) if cap_idx else None,
+        **{f"caption_attribute_accuracy_{k}": sum(v) / len(v) if v else None for k, v in named.items()},
         "caption_perplexity": float(torch.tensor(nll / count).exp()) if cap_idx else None,
         "nfe_per_image": nfe,
         "seconds_per_image": seconds / len(idx),
@@ -116,6 +136,7 @@ def format_results(r: dict) -> str:
             ("attribute match", f"{r['attribute_match']:.3f}"),
             ("Fréchet distance (judge feats)", f"{r['frechet_distance']:.2f}  (real-data floor {r['frechet_floor']:.2f})"),
             ("caption accuracy (class word)", num("caption_accuracy", ".3f")),
+            ("caption accuracy (+ attributes)", num("caption_attribute_accuracy", ".3f")),
             ("caption perplexity", num("caption_perplexity", ".3f")),
             ("function evaluations / image", f"{r['nfe_per_image']}"),
             ("seconds / image (generation)", f"{r['seconds_per_image']:.4f}")]

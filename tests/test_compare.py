@@ -89,40 +89,67 @@ FAST = dict(curve_points=2, sweep_n=10, sweep_steps={"masked": (1, 2), "diffusio
 
 
 @needs_mnist
-def test_results_schema_and_resume_keeps_finished_modes(tmp_path, monkeypatch):
+def test_seeds_resume_and_every_curve_point_at_one_sample_size(tmp_path, monkeypatch):
     cfg = compare_config(tmp_path)
-    out = C.compare(cfg, modes=("ar",), **FAST)
+    fast = {**FAST, "sweep_n": 20}  # not the table's eval_samples (10): the curve's last point must still be 20
+    out = C.compare(cfg, modes=("ar",), seeds=1, **fast)
     state = json.loads((out / "results.json").read_text())
     assert list(state["modes"]) == ["ar"] and state["plan"]["steps"]["ar"] == 4
+    assert state["seeds"] == [0] and state["sweep_n"] == 20
     ar = state["modes"]["ar"]
     for key in ("prompted_accuracy", "attribute_match", "frechet_distance", "frechet_floor", "caption_accuracy",
-                "caption_perplexity", "images_per_second", "seconds_per_image", "nfe_per_image", "train_flops",
-                "train_seconds", "steps_trained", "curve", "step_sweep", "cfg_check"):
+                "caption_attribute_accuracy", "caption_perplexity", "images_per_second", "seconds_per_image",
+                "nfe_per_image", "train_flops", "train_seconds", "steps_trained", "curve", "step_sweep", "cfg_check",
+                "seeds", "intervals", "per_seed"):
         assert key in ar, key
+    assert ar["seeds"] == [0] and list(ar["per_seed"]) == ["0"]
+    assert ar["intervals"]["prompted_accuracy"]["half_width"] is None  # one seed: no interval, none invented
+    # fixed-n Fréchet: every point of the curve and the sweep on 20 images, one floor; the table on eval_samples
     assert [p["step"] for p in ar["curve"]] == [2, 4]
+    assert [p["n_samples"] for p in ar["curve"] + ar["step_sweep"]] == [20, 20, 20]
+    floors = {p["frechet_floor"] for p in ar["curve"] + ar["step_sweep"]}
+    assert len(floors) == 1 and ar["n_samples"] == 10 and ar["frechet_floor"] not in floors
     assert ar["curve"][-1]["flops"] == ar["train_flops"] == 4 * state["plan"]["flops_per_step"]["ar"]
     assert ar["nfe_per_image"] == 49 and [p["nfe_per_image"] for p in ar["step_sweep"]] == [49]
     assert 0 <= ar["prompted_accuracy"] <= 1 and ar["train_seconds"] > 0
-    assert "| ar | 4 |" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "| ar | 1 | 4 |" in md and "at 20 images: " + f"{floors.pop():.1f}" in md
+    assert "A paired test needs at least 2 seeds" in md
 
     trained = []
     real_run_mode = C.run_mode
-    monkeypatch.setattr(C, "run_mode", lambda base, mode, *a, **k: trained.append(mode) or
-                        real_run_mode(base, mode, *a, **k))
-    out = C.compare(cfg, modes=("ar", "masked", "diffusion"), **FAST)
+    monkeypatch.setattr(C, "run_mode", lambda base, mode, *a, seed, **k: trained.append((mode, seed)) or
+                        real_run_mode(base, mode, *a, seed=seed, **k))
+    out = C.compare(cfg, modes=("ar", "masked"), seeds=2, **fast)
     state2 = json.loads((out / "results.json").read_text())
-    assert trained == ["masked", "diffusion"]  # ar was finished: kept, not retrained
-    assert state2["modes"]["ar"] == ar
+    assert trained == [("masked", 0), ("ar", 1), ("masked", 1)]  # (ar, seed 0) was finished: kept, not retrained
+    assert state2["modes"]["ar"]["per_seed"]["0"] == ar["per_seed"]["0"] and state2["seeds"] == [0, 1]
+    assert (tmp_path / "compare-mnist-smoke" / "masked" / "seed1" / "ckpt.pt").is_file()
+    ar2 = state2["modes"]["ar"]
+    values = [ar2["per_seed"][s]["prompted_accuracy"] for s in ("0", "1")]
+    assert ar2["intervals"]["prompted_accuracy"]["values"] == values
+    assert ar2["prompted_accuracy"] == pytest.approx(sum(values) / 2)
+    assert ar2["intervals"]["frechet_distance"]["half_width"] is not None
+    assert ar2["curve"][0]["intervals"]["frechet_distance"]["n"] == 2
     assert [p["nfe_per_image"] for p in state2["modes"]["masked"]["step_sweep"]] == [1, 2]
+    pairs = {(r["a"], r["b"], r["metric"]) for r in state2["paired"]}
+    assert ("ar", "masked", "frechet_distance") in pairs and all(r["n"] == 2 for r in state2["paired"])
+    md = (out / "results.md").read_text()
+    assert "| ar − masked |" in md and " ± " in md
     for name in ("quality_vs_steps.png", "quality_vs_compute.png", "samples.png"):
         assert (out / name).stat().st_size > 1000
 
-    with pytest.raises(Exception, match="other settings or budget"):
-        C.compare(cfg, budget_flops=2 * state["plan"]["flops"]["ar"], modes=("ar",), **FAST)
+    trained.clear()  # asking for fewer seeds again trains nothing
+    C.compare(cfg, modes=("ar", "masked"), seeds=1, **fast)
+    assert trained == []
+    with pytest.raises(Exception, match="other settings, budget or --sweep-n"):
+        C.compare(cfg, budget_flops=2 * state["plan"]["flops"]["ar"], modes=("ar",), seeds=1, **fast)
+    with pytest.raises(Exception, match="other settings, budget or --sweep-n"):
+        C.compare(cfg, modes=("ar",), seeds=1, **FAST)
 
 
 @needs_mnist
-def test_an_interrupted_mode_resumes_from_its_last_segment(tmp_path, monkeypatch):
+def test_an_interrupted_seed_resumes_from_its_last_segment(tmp_path, monkeypatch):
     cfg = compare_config(tmp_path)
     calls = []
     real_evaluate = C.evaluate_checkpoint
@@ -135,12 +162,82 @@ def test_an_interrupted_mode_resumes_from_its_last_segment(tmp_path, monkeypatch
 
     monkeypatch.setattr(C, "evaluate_checkpoint", evaluate_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        C.compare(cfg, modes=("ar",), **FAST)
-    curve = json.loads((tmp_path / "compare-mnist-smoke" / "ar" / "curve.json").read_text())
-    assert [p["step"] for p in curve] == [2]  # the first half's evaluation survived
-    monkeypatch.setattr(C, "evaluate_checkpoint", real_evaluate)
-    out = C.compare(cfg, modes=("ar",), **FAST)
+        C.compare(cfg, modes=("ar",), seeds=1, **FAST)
+    run = tmp_path / "compare-mnist-smoke" / "ar" / "seed0"
+    assert list(json.loads((run / "evaluations.json").read_text())) == ["step 2"]  # the first half's survived
+    calls.clear()
+    monkeypatch.setattr(C, "evaluate_checkpoint", lambda path, *a, **k: calls.append(k) or real_evaluate(path, *a, **k))
+    out = C.compare(cfg, modes=("ar",), seeds=1, **FAST)
     assert [p["step"] for p in json.loads((out / "results.json").read_text())["modes"]["ar"]["curve"]] == [2, 4]
+    # sweep_n == eval_samples: the step-4 evaluation is also the table's, the sweep's and the guided check's;
+    # only the unguided check is new
+    assert len(calls) == 2 and calls[1]["cfg_scale"] == 0.0
+
+
+@needs_mnist
+def test_a_comparison_from_before_seeds_is_not_mixed_in(tmp_path):
+    cfg = compare_config(tmp_path)
+    old = tmp_path / "compare-mnist-smoke"
+    old.mkdir()
+    (old / "results.json").write_text(json.dumps({"setting": {}, "plan": {}, "modes": {"ar": {}}}))
+    with pytest.raises(Exception, match="from before --seeds"):
+        C.compare(cfg, modes=("ar",), **FAST)
+
+
+def result(seed, acc, fd, cap=None):
+    """One made-up (mode, seed) result, the shape run_mode returns."""
+    point = {"step": 4, "flops": 8.0, "prompted_accuracy": acc, "frechet_distance": fd, "caption_accuracy": cap}
+    return {"mode": "ar", "seed": seed, "steps_trained": 4, "prompted_accuracy": acc, "frechet_distance": fd,
+            "caption_accuracy": cap, "nfe_per_image": 49, "curve": [point],
+            "step_sweep": [{"steps": None, "nfe_per_image": 49, "frechet_distance": fd}],
+            "cfg_check": {"cfg_scale": 3.0, "prompted_accuracy_cfg": acc, "prompted_accuracy_no_cfg": acc - 0.1}}
+
+
+def test_aggregate_reports_mean_and_interval_of_every_metric():
+    entry = C.aggregate({"2": result(2, 0.9, 50.0), "0": result(0, 0.8, 40.0), "1": result(1, 0.85, 45.0)})
+    assert entry["seeds"] == [0, 1, 2] and list(entry["per_seed"]) == ["0", "1", "2"]
+    assert entry["prompted_accuracy"] == pytest.approx(0.85) and entry["frechet_distance"] == pytest.approx(45.0)
+    fd = entry["intervals"]["frechet_distance"]  # 40, 45, 50: sd 5, half-width 4.302653 * 5 / sqrt(3)
+    assert fd["values"] == [40.0, 45.0, 50.0] and fd["half_width"] == pytest.approx(12.420689, abs=1e-6)
+    assert entry["nfe_per_image"] == 49 and entry["intervals"]["nfe_per_image"]["half_width"] == 0
+    assert entry["caption_accuracy"] is None and "caption_accuracy" not in entry["intervals"]  # not measured
+    assert entry["mode"] == "ar" and "seed" not in entry
+    assert entry["curve"][0]["step"] == 4 and entry["curve"][0]["frechet_distance"] == pytest.approx(45.0)
+    assert entry["curve"][0]["intervals"]["frechet_distance"]["half_width"] == pytest.approx(fd["half_width"])
+    assert entry["step_sweep"][0]["steps"] is None
+    assert entry["cfg_check"]["prompted_accuracy_no_cfg"] == pytest.approx(0.75)
+    lagging = result(1, 0.85, 45.0)
+    lagging["curve"][0]["step"] = 2
+    with pytest.raises(ValueError, match="curve points differ"):
+        C.aggregate({"0": result(0, 0.8, 40.0), "1": lagging})
+    md = C.cell(entry, "frechet_distance", ".1f")
+    assert md == "45.0 ± 12.4"
+
+
+def test_paired_differences_test_every_pair_on_common_seeds():
+    a = C.aggregate({str(s): result(s, 0.9 + 0.01 * s, 40.0 + s) for s in range(3)})
+    b = C.aggregate({str(s): result(s, 0.8 + 0.01 * s, 50.0 + 2 * s) for s in range(2)})
+    rows = {r["metric"]: r for r in C.paired_differences({"ar": a, "masked": b})}
+    assert set(rows) == {"prompted_accuracy", "frechet_distance"}  # caption accuracy was not measured
+    fd = rows["frechet_distance"]
+    assert fd["seeds"] == [0, 1] and (fd["a"], fd["b"]) == ("ar", "masked")  # seed 2 of ar has no partner
+    assert fd["difference"]["values"] == [-10.0, -11.0] and fd["df"] == 1
+    assert rows["prompted_accuracy"]["p"] == 0.0 and rows["prompted_accuracy"]["beyond_noise"] is True  # 0.1 twice
+    assert "| ar − masked |" in "\n".join(C.paired_table(list(rows.values())))
+
+
+def test_seed_list_and_a_bad_seeds_flag_is_one_line(capsys):
+    from minimfm.__main__ import main
+    assert C.seed_list(5, 3) == [5, 6, 7]
+    with pytest.raises(ValueError, match="--seeds"):
+        C.seed_list(0, 0)
+    with pytest.raises(ValueError, match="--seeds"):
+        C.seed_list(2**31 - 2, 3)
+    for bad in ("0", "-1", "three"):
+        with pytest.raises(SystemExit) as e:
+            main(["compare", "--preset", "smoke", "--seeds", bad])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and "--seeds" in err, err
 
 
 def fake(acc, fd, cap=0.9):

@@ -10,8 +10,8 @@ hidden position conditions a small MLP that models p(x_j | z_j) by denoising (MA
 
 with x_j,t the token noised to time t by the diffusion mode's schedule (--objective: rectified flow or DDPM) and
 the target its velocity or noise. The head is cheap (it sees one d-dimensional token), so each hidden token is
-noised HEAD_BATCH_MUL times per step (MAR's diffusion_batch_mul = 4): more denoising signal for one transformer
-pass.
+noised HEAD_BATCH_MUL times per step (MAR uses diffusion_batch_mul = 4; we use 2): more denoising signal for one
+transformer pass.
 
 Sampling (MAR §3.3) starts with every token hidden and runs T = --mask-steps transformer passes. Each pass
 produces z at every hidden position; the next tokens to reveal are chosen in a RANDOM order fixed at the start
@@ -35,7 +35,9 @@ from minimfm.modes.sampling import (guided, mask_schedule, masked_counts, most_c
 from minimfm.modes.schedules import TimestepEmbedding, make_schedule
 from minimfm.transformer import KVCache, init_weights
 
-HEAD_BATCH_MUL = 4   # noise draws per hidden token per training step (MAR's diffusion_batch_mul)
+# Noise draws per hidden token per training step (MAR's diffusion_batch_mul, 4 there). At tiny the head is a
+# quarter of a step's time with 4 draws: 2 trains 18 % faster per step (488 vs 399 ms on 2 cores, one run).
+HEAD_BATCH_MUL = 2
 HEAD_DEPTH = 3       # residual blocks in the head (MAR uses 3 for its small models, 6-12 for larger ones)
 
 

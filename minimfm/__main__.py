@@ -1,4 +1,4 @@
-"""`python -m minimfm <command>`: train, sample, caption, evaluate, compare, claims, bench,
+"""`python -m minimfm <command>`: train, sample, generate, edit, caption, evaluate, compare, claims, bench,
 tokenizer, course.
 
 Every error a user can cause (bad flag, missing dataset, wrong checkpoint, unknown prompt word, a file that is
@@ -15,7 +15,7 @@ import math
 import re
 import sys
 
-from minimfm.commands import CHUNK, MAX_GRID, MAX_IMAGES
+from minimfm.commands import CHUNK, MAX_EDITS, MAX_GRID, MAX_IMAGES, MAX_SEQUENCES
 from minimfm.config import DEVICES, MAX_SAMPLING_STEPS, PRESETS, ConfigError, add_config_flags, check_run_name, shorten
 from minimfm.modes import REGISTRY
 
@@ -23,18 +23,19 @@ MAX_MESSAGE = 300
 
 
 def one_line(message: str) -> str:
-    """An error message as printed: one line, every quoted echo of user input cut to 80 characters, and the
-    whole line to MAX_MESSAGE (a 5,000-word prompt must not print a 27,000-character line)."""
+    """An error line as printed: one line, every quoted echo of user input cut to 80 characters, and the whole
+    line, "minimfm CMD: error: " included, under MAX_MESSAGE (a 5,000-word prompt must not print a
+    27,000-character line)."""
     text = " ".join(str(message).split())
     text = re.sub(r"'([^']{81,})'", lambda m: f"'{shorten(m.group(1))}'", text)
-    return shorten(text, MAX_MESSAGE)
+    return shorten(text, MAX_MESSAGE - 1)
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse prints usage plus the error; we print just the error, on one line, and exit 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+        self.exit(2, one_line(f"{self.prog}: error: {message}") + "\n")
 
 
 def whole(low: int, high: int | None = None):
@@ -159,6 +160,36 @@ def build_parser() -> argparse.ArgumentParser:
                         f"or one .png / .jpg image")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
 
+    p = sub.add_parser("generate", help="interleaved text and images from a prompt: the model decides when an "
+                                        "image comes ([BOI]) and what it writes after it")
+    p.add_argument("--ckpt", required=True, help="RUN/ckpt.pt")
+    p.add_argument("--prompt", required=True, help="known text to continue, e.g. 'a three, then a seven'; special "
+                                                   "tokens may be written ('a three [BOI]' asks for the image at once)")
+    p.add_argument("--out", default="generated.png",
+                   help="OUT.png: one strip per sequence, the text beside the images; OUT.pt beside it holds the "
+                        "texts and images (neither ever over the checkpoint)")
+    p.add_argument("--n", type=whole(1, MAX_SEQUENCES), default=1,
+                   help=f"sequences, seeds --seed, --seed + 1, ... (1 to {MAX_SEQUENCES})")
+    p.add_argument("--max-tokens", type=whole(0, 256), default=48, help="text tokens the model may choose (0 to 256)")
+    p.add_argument("--max-images", type=whole(0, 16), default=4, help="images it may draw (0 to 16)")
+    p.add_argument("--cfg-scale", type=number(0), default=None, help="override the run's guidance scale (>= 0)")
+    p.add_argument("--steps", type=whole(1, MAX_SAMPLING_STEPS), default=None, help=steps_help)
+    p.add_argument("--seed", type=SEED, default=0, help="sampling seed")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
+
+    p = sub.add_parser("edit", help="edit an image by instruction ('make it bolder'): needs a model fine-tuned "
+                                    "on edits (train --init-from CKPT --tasks caption,edit)")
+    p.add_argument("--ckpt", required=True, help="RUN/ckpt.pt")
+    p.add_argument("--image", required=True, help=f"one 28x28 grey .png, or a .pt from `sample` / `generate` "
+                                                  f"(up to {MAX_EDITS} images, edited one by one)")
+    p.add_argument("--instruction", required=True, help="e.g. 'make it bolder', 'move it left', 'lean it right'")
+    p.add_argument("--out", required=True, help="OUT.png (one image, a plain grey PNG) or OUT.pt (never over the "
+                                                "checkpoint or the input)")
+    p.add_argument("--cfg-scale", type=number(0), default=None, help="override the run's guidance scale (>= 0)")
+    p.add_argument("--steps", type=whole(1, MAX_SAMPLING_STEPS), default=None, help=steps_help)
+    p.add_argument("--seed", type=SEED, default=0, help="sampling seed")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
+
     p = sub.add_parser("evaluate", help="judge a trained model: prompted accuracy, captions, Fréchet distance")
     p.add_argument("--ckpt", required=True, help="RUN/ckpt.pt")
     p.add_argument("--out", default=None, help="write the results as JSON here (OUT.json; checked before the "
@@ -190,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     # coming (a disk that fills, a permission that changes mid-run); a bug elsewhere still shows its traceback.
     except (ConfigError, CheckpointError, DatasetMissingError, UnknownWordError,
             TrainingDivergedError, ValueError, OSError) as e:
-        print(f"minimfm {args.command}: error: {one_line(e)}", file=sys.stderr)
+        print(one_line(f"minimfm {args.command}: error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"minimfm {args.command}: interrupted", file=sys.stderr)

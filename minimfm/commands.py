@@ -15,6 +15,9 @@ from minimfm.config import ConfigError, config_from_args, shorten
 # Sampling is batched in chunks of CHUNK images (memory stays flat, and a bar shows progress). A PNG grid beyond
 # MAX_GRID images is unreadable and slow to draw; a .pt file holds up to MAX_IMAGES (~30 MB of MNIST, 120 of CIFAR).
 CHUNK, MAX_GRID, MAX_IMAGES = 100, 256, 10_000
+# generate: one sequence per --n, each a loop of single steps; edit: one image at a time (a bigger batch is a
+# `sample`-sized job for a script, not the CLI); a prompt longer than MAX_PROMPT tokens is no prompt
+MAX_SEQUENCES, MAX_EDITS, MAX_PROMPT = 16, 100, 256
 IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}  # (C, H, W) of a dataset's images
 IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")  # what torchvision decodes (+ WebP)
 
@@ -68,20 +71,21 @@ def read_prompts(name: str) -> list[str]:
     return prompts
 
 
-def read_images(name: str, dataset: str):
+def read_images(name: str, dataset: str, flag: str = "--images", exact_size: bool = False):
     """Images [N, C, H, W] float in [0, 1] from a `sample --out X.pt` file (or a bare tensor saved with torch.save)
-    or one PNG / JPEG / GIF / WebP image, checked against what the model's dataset looks like."""
+    or one PNG / JPEG / GIF / WebP image, checked against what the model's dataset looks like. exact_size
+    refuses an image file of another size instead of resizing it (edits act on the pixels themselves)."""
     import torch
     from minimfm.checkpoint import load_plain
     path = Path(name)
     if not path.is_file():
-        raise ConfigError(f"--images {shorten(path)}: " + ("is a folder" if path.is_dir() else "not found"))
+        raise ConfigError(f"{flag} {shorten(path)}: " + ("is a folder" if path.is_dir() else "not found"))
     C, H, W = IMAGE_SHAPES[dataset]
     if path.suffix == ".pt":
         blob = load_plain(path, "image file (a .pt written by `sample`)")
         images = blob.get("images") if isinstance(blob, dict) else blob
         if not torch.is_tensor(images):
-            raise ConfigError(f"--images {shorten(path)}: " + ("has no 'images' tensor" if isinstance(blob, dict)
+            raise ConfigError(f"{flag} {shorten(path)}: " + ("has no 'images' tensor" if isinstance(blob, dict)
                               else "holds no tensor") + " (expected a file written by `sample --out X.pt`)")
     else:
         from torchvision.io import ImageReadMode, decode_image
@@ -89,13 +93,16 @@ def read_images(name: str, dataset: str):
         with open(path, "rb") as f:
             head = f.read(12)
         if not (head.startswith(IMAGE_SIGNATURES) or head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-            raise ConfigError(f"--images {shorten(path)}: not a PNG, JPEG, GIF or WebP image, nor a .pt file")
+            raise ConfigError(f"{flag} {shorten(path)}: not a PNG, JPEG, GIF or WebP image, nor a .pt file")
         try:
             image = decode_image(str(path), mode=ImageReadMode.GRAY if C == 1 else ImageReadMode.RGB)
         except RuntimeError as e:  # a damaged file behind a valid signature; torchvision says why
-            raise ConfigError(f"--images {shorten(path)}: cannot be decoded ({shorten(e, 60)})") from None
+            raise ConfigError(f"{flag} {shorten(path)}: cannot be decoded ({shorten(e, 60)})") from None
+        if exact_size and tuple(image.shape[1:]) != (H, W):
+            raise ConfigError(f"{flag} {shorten(path)}: {image.shape[2]}x{image.shape[1]} pixels; a {dataset} model "
+                              f"edits {W}x{H} images (resizing would change the strokes an edit acts on)")
         images = resize(image.float().div(255), [H, W], antialias=True).clamp(0, 1)[None]  # (1, C, H, W)
-    check_images(images, dataset, f"--images {shorten(path)}")
+    check_images(images, dataset, f"{flag} {shorten(path)}")
     return images
 
 
@@ -189,6 +196,115 @@ def sample(args) -> int:
         from minimfm.viz import save_image_grid
         save_image_grid(images, out, prompts, ncols=min(8, args.n))
     print(f"wrote {len(prompts)} images to {out} ({model.last_nfe} transformer evaluations per image)")
+    return 0
+
+
+def check_prompt(model, prompt: str) -> list[int]:
+    """`generate --prompt` as the loop will read it ([T2I]? [BOS] ...), refused in one line before any work:
+    an unknown word (named with the closest known ones), a misplaced special token, a prompt over MAX_PROMPT."""
+    from minimfm.generate import encode_prompt
+    from minimfm.interleaved import INTERLEAVED_WORDS_V1
+    from minimfm.segments import check
+    from minimfm.tokenizers.text import SPECIAL_TOKENS
+    text = " ".join(w for w in prompt.split() if w not in SPECIAL_TOKENS)
+    lacks = [w for w in dict.fromkeys(model.tok.split(text)) if w not in model.tok.index and w in INTERLEAVED_WORDS_V1]
+    if lacks:
+        raise ConfigError(f"this checkpoint was not trained on interleaved sequences: its vocabulary lacks "
+                          f"{', '.join(repr(w) for w in lacks[:3])}; fine-tune it with `python -m minimfm train "
+                          f"--init-from CKPT --tasks caption,interleaved` (or prompt with caption words only)")
+    model.tok.encode(text)  # any other unknown word: named with the closest known ones, the whole prompt echoed
+    ids = encode_prompt(model, prompt)
+    if len(ids) > MAX_PROMPT:
+        raise ConfigError(f"--prompt: {len(ids)} tokens; at most {MAX_PROMPT} are read")
+    try:
+        check([ids], model.tok)
+    except ValueError as e:
+        raise ConfigError(f"--prompt '{shorten(prompt)}': {str(e).removeprefix('sequence: ')}") from None
+    if ids[-1] == model.tok.eos_id:
+        raise ConfigError(f"--prompt '{shorten(prompt)}' ends in [EOS]: there is nothing left to generate")
+    return ids
+
+
+def generate(args) -> int:
+    """Interleaved generation (minimfm/generate.py): the model writes text and decides itself when an image
+    comes; a PNG strip (text beside the images) and a .pt of the same name with the texts and images."""
+    import torch
+    from minimfm.checkpoint import CheckpointError, save_atomic
+    from minimfm.generate import generate as run_generation, save_strip, strip_parts
+    from minimfm.runs import load_model
+    out = check_output(args.out, (".png",), inputs=(args.ckpt,))
+    tensors = check_output(str(out.with_suffix(".pt")), (".pt",), inputs=(args.ckpt,), flag="--out (its .pt)")
+    model = load_model(args.ckpt, args.device)
+    check_prompt(model, args.prompt)
+    rows, texts, images, image_row = [], [], [], []
+    for i in range(args.n):
+        g = run_generation(model, args.prompt, max_tokens=args.max_tokens, max_images=args.max_images,
+                           cfg_scale=args.cfg_scale, seed=args.seed + i, **_sampling_kwargs(args))
+        pictures = (model.decode_images(torch.stack(g.images)).cpu() if g.images
+                    else torch.zeros(0, *IMAGE_SHAPES[model.cfg.dataset]))  # (k, C, H, W)
+        if not bool(torch.isfinite(pictures).all()):
+            raise CheckpointError(f"{args.ckpt} made non-finite images: its weights are damaged; nothing was written")
+        texts.append(g.text(model.tok))
+        rows.append(strip_parts(g, model.tok, pictures))
+        images += list(pictures)
+        image_row += [i] * len(pictures)
+        print(f"{i}: {texts[-1]}")
+    save_strip(rows, out, title=f"'{shorten(args.prompt, 60)}' ({model.mode}, seed {args.seed})")
+    save_atomic({"prompt": args.prompt, "texts": texts, "image_row": torch.tensor(image_row, dtype=torch.long),
+                 "images": torch.stack(images).float() if images else pictures},
+                tensors)
+    print(f"wrote {out} and {tensors} ({len(images)} images in {args.n} sequence{'s' * (args.n != 1)})")
+    return 0
+
+
+def check_instruction(model, instruction: str, ckpt: str = "CKPT") -> list:
+    """`edit --instruction` as generate.edit_prompt's segments; a vocabulary without the edit words is told how
+    to get them (before any work)."""
+    from minimfm.edits import EDIT_WORDS_V1
+    from minimfm.generate import edit_prompt as prompt_for
+    tok = model.tok
+    words = tok.split(instruction)
+    if not words:
+        raise ConfigError("--instruction is empty; e.g. 'make it bolder'")
+    lacks = [w for w in dict.fromkeys(words) if w not in tok.index and w in EDIT_WORDS_V1]
+    if lacks:
+        raise ConfigError(f"this checkpoint was not trained for editing: its vocabulary lacks "
+                          f"{', '.join(repr(w) for w in lacks[:3])}; fine-tune it with `python -m minimfm train "
+                          f"--init-from {ckpt if len(ckpt) <= 60 else 'CKPT'} --tasks caption,edit`")
+    return prompt_for(model, tok.encode(instruction))  # any other unknown word: named with the closest known
+
+
+def edit(args) -> int:
+    """Instruction editing (Transfusion §4.3): read the source image, the instruction, and let the model draw
+    the edited image after them. --out .png takes one image (a plain 28x28 PNG `edit --image` reads back);
+    a .pt (from `sample`) of several images is edited image by image into --out .pt."""
+    import torch
+    from minimfm.checkpoint import CheckpointError, _write_atomic, save_atomic
+    from minimfm.generate import generate as run_generation
+    from minimfm.runs import load_model
+    out = check_output(args.out, (".png", ".pt"), inputs=(args.ckpt, args.image))
+    model = load_model(args.ckpt, args.device)
+    prompt = check_instruction(model, args.instruction, str(args.ckpt))
+    sources = read_images(args.image, model.cfg.dataset, flag="--image", exact_size=True)
+    if len(sources) > MAX_EDITS or (out.suffix == ".png" and len(sources) > 1):
+        raise ConfigError(f"--image {shorten(args.image)}: {len(sources)} images; --out .png takes one and "
+                          f"--out .pt up to {MAX_EDITS}")
+    edited = []
+    for i, source in enumerate(sources):
+        g = run_generation(model, prompt, [model.encode_images(source[None])[0]], max_tokens=0,
+                           cfg_scale=args.cfg_scale, seed=args.seed + i, **_sampling_kwargs(args))
+        edited.append(model.decode_images(g.images[-1][None]).cpu())
+    edited = torch.cat(edited).float()  # (N, C, H, W)
+    if not bool(torch.isfinite(edited).all()):
+        raise CheckpointError(f"{args.ckpt} made non-finite images: its weights are damaged; nothing was written")
+    if out.suffix == ".pt":
+        save_atomic({"images": edited, "sources": sources.float(), "instruction": args.instruction}, out)
+    else:
+        from torchvision.io import encode_png
+        png = encode_png((edited[0] * 255).round().to(torch.uint8))  # (C, H, W) -> the same grey PNG it reads
+        _write_atomic(out, lambda f: f.write(png.numpy().tobytes()))
+    print(f"wrote {len(edited)} edited image{'s' * (len(edited) != 1)} to {out} ('{shorten(args.instruction)}', "
+          f"{model.last_nfe} transformer evaluations per image)")
     return 0
 
 

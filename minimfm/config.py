@@ -50,6 +50,14 @@ class Config:
     caption_dropout: float = _f(0.1, "probability of dropping the caption of a text-to-image sequence (for CFG)")
     text_loss_weight: float = _f(1.0, "weight of the next-token loss on text positions")
     image_loss_weight: float = _f(1.0, "weight λ of the image loss (Transfusion uses 5 for diffusion)")
+    tasks: str = _f("caption", "training tasks, comma-separated, the rows of a batch split evenly among them: "
+                               "caption (one caption and one image, either order), interleaved (text and MNIST digits "
+                               "in turn, minimfm/interleaved.py), edit (digit, instruction, edited digit, "
+                               "minimfm/edits.py); e.g. caption,interleaved,edit")
+    task_examples: int = _f(8000, "examples built for each of the interleaved and edit tasks (Transfusion §4.3 "
+                                  "fine-tunes on ~8k edits)")
+    init_from: str = _f("", "model checkpoint whose weights a new run starts from, its text vocabulary grown by the "
+                            "tasks' words (the edit fine-tune of Transfusion §4.3); unused when --resume finds one")
 
     # optimisation
     batch_size: int = _f(64, "sequences per optimiser step (global, across processes)")
@@ -149,6 +157,7 @@ class Config:
                 raise ConfigError(f"--{_flag(name)}: must name a folder, got an empty string")
         if self.run_name:
             check_run_name(self.run_name, "--run-name")
+        parse_tasks(self.tasks, self.dataset)
         if self.tokenizer_downsample not in (2, 4):
             raise ConfigError(f"--tokenizer-downsample: must be 2 or 4, got {self.tokenizer_downsample}")
         if not 1 <= self.lfq_bits <= 16:
@@ -195,7 +204,8 @@ _WHOLE_1, _WHOLE_0 = (lambda v: v >= 1, "a whole number >= 1"), (lambda v: v >= 
 RANGES: dict[str, tuple] = {
     **dict.fromkeys(("d_model", "n_layer", "n_head", "mlp_ratio", "batch_size", "max_steps", "log_every",
                      "ckpt_every", "vq_codebook_size", "vq_code_dim", "vq_steps", "latent_channels", "ae_steps",
-                     "tokenizer_batch_size", "tokenizer_hidden", "lfq_bits", "judge_steps", "eval_samples"), _WHOLE_1),
+                     "tokenizer_batch_size", "tokenizer_hidden", "lfq_bits", "judge_steps", "eval_samples",
+                     "task_examples"), _WHOLE_1),
     **dict.fromkeys(("threads", "limit_train", "micro_batch_size", "warmup_steps", "sample_every", "top_k",
                      "judge_batch_size", "eval_captions"), _WHOLE_0),
     "seed": (lambda v: 0 <= v < 2**31, "a whole number in [0, 2**31)"),
@@ -208,6 +218,24 @@ RANGES: dict[str, tuple] = {
     **dict.fromkeys(("min_lr", "weight_decay", "grad_clip", "text_loss_weight", "image_loss_weight", "cfg_scale",
                      "temperature", "judge_lr"), (lambda v: 0 <= v < math.inf, "a finite number >= 0")),
 }
+
+TASKS = ("caption", "interleaved", "edit")  # minimfm/mixed_data.py builds their rows
+
+
+def parse_tasks(text: str, dataset: str = "mnist") -> tuple[str, ...]:
+    """'caption,edit' -> ('caption', 'edit'); one line naming --tasks for anything else."""
+    tasks = tuple(t.strip() for t in text.split(","))
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ConfigError(f"--tasks: '{shorten(unknown[0])}' is not one of {', '.join(TASKS)} (comma-separated, "
+                          f"e.g. caption,interleaved,edit)")
+    if len(set(tasks)) < len(tasks):
+        raise ConfigError(f"--tasks: '{shorten(text)}' names a task twice")
+    if dataset != "mnist" and tasks != ("caption",):
+        raise ConfigError(f"--tasks: interleaved and edit are built from MNIST digits; --dataset {dataset} trains "
+                          f"caption only")
+    return tasks
+
 
 _NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 

@@ -4,7 +4,7 @@ mixed-modal decoding). The caller gives known text (and images); the model decid
 
     prompt   [T2I] [BOS] the digit 3 ,    known text, read in one pass into the loop's KV cache
     text     written thin [BOI]           one cached step per word, greedy or sampled
-    image    ▢ ▢ ▢ ▢                       the mode's sampler, given the caption "the digit 3 , written thin"
+    image    ▢ ▢ ▢ ▢                       the mode's sampler, continuing the loop's cache (model.sample_after)
     read     ▢ ▢ ▢ ▢ [EOI]                 the finished image read back, clean, into the loop's cache
     text     [EOS]                         (or more words, another [BOI], ...)
 
@@ -13,20 +13,22 @@ Chameleon forces it too) and the other special tokens never follow text, so the 
 [BOI] / [EOI]. Models with Show-o's task tokens (masked, mar) get [T2I] in front: "text, then an image" is the
 only sequence they were trained to continue with an image.
 
-What is reused and what is recomputed, in this first step:
+What is reused and what is recomputed:
 - Reused: the loop's KV cache holds the whole sequence; a word costs one position, a finished image N, [EOI] one.
-- Recomputed: the image sampler is today's one-image `model.sample_images([caption])`, so it lays out and
-  re-encodes its own prompt (sequence.pack's `[T2I] [BOS] caption [BOI]`, plus the empty caption's row when
-  guiding) into its own cache. It sees only the caption, i.e. the text since the last [BOS] or [EOI] (its last
-  `max_text_len` words): not earlier images, not earlier text. The finished image is then read once more, clean
-  (t = 0, nothing masked), because the sampler's last pass saw it noisy or partly masked (ar's last pass saw the
-  same codes and could be reused).
-- A later step needs: samplers that take the loop's prefix cache instead of a caption (the unconditional branch
-  then needs its own short cache), so an image can depend on earlier images (editing, "draw the next digit");
-  and training with per-image timesteps / noise (diffusion: one t per sequence today, shared by its images),
-  per-image mask ratios (masked, mar) and per-image predictor offsets (ar), so the model has seen a clean
-  earlier image beside the one being generated. Batched decoding (rows in lockstep, per-row positions, idle
-  rows masked) would replace the one-row loop here.
+  The image sampler continues that cache (`model.sequence_prefix` -> `model.sample_after`): every pass feeds
+  only the image's N positions (ar: one code) after the cached keys/values, so an image sees ALL that came
+  before it, earlier images and their text included (editing, "draw the next digit"). For a one-image prompt
+  it is the image `sample_images([caption])` draws with the same seed: the same random draws in the same order,
+  only the layout differs (no left padding), so codes are equal and latents agree to ~1e-6 (tests/test_generate.py).
+- Recomputed: with guidance, the unconditional branch's own short prefix, the mode's null prompt
+  ([T2I]? [BOS] [BOI], 2-3 positions), once per image. The finished image is read once more, clean (t = 0,
+  nothing masked), because the sampler's last pass saw it noisy or partly masked (ar's passes saw the same
+  codes and could be kept; one pass of N positions is not worth a second code path).
+- A later step needs: training with per-image timesteps / noise (diffusion: one t per sequence today, shared by
+  its images), per-image mask ratios (masked, mar) and per-image predictor offsets (ar), so the model has seen
+  a clean earlier image beside the one being generated; until then a sequence longer than training's is out of
+  distribution. Batched decoding (rows in lockstep, per-row positions, idle rows masked) would replace the
+  one-row loop here.
 """
 from __future__ import annotations
 
@@ -49,7 +51,6 @@ class Context:
     def __init__(self, model, *, cfg_scale: float | None = None, steps: int | None = None,
                  generator: torch.Generator | None = None, **sampler_options):
         self.model, self.tok = model, model.tok
-        self.max_caption = model.layout.max_text_len
         self.cache = KVCache(model.cfg.n_layer)
         self.modality: list[int] = []  # 0 text, k image number k: the mask of every new position comes from it
         self.h: torch.Tensor | None = None  # (D,) output at the last position
@@ -89,10 +90,12 @@ class Context:
         """(V,) next-token logits at the last position fed."""
         return self.model.text_head(self.h).float()
 
-    def draw(self, caption: list[int]) -> torch.Tensor:
-        """The mode's one-image sampler on the caption: (N,) codes or (N, d) latents."""
-        rep, nfe = self.model.sample_images([caption], steps=self.steps, cfg_scale=self.cfg_scale,
-                                            generator=self.generator, **self.options)
+    def draw(self) -> torch.Tensor:
+        """The mode's sampler for the image after the sequence so far (which ends in [BOI]): (N,) codes or
+        (N, d) latents. The sampler reads this cache (nothing is copied, nothing in it changes)."""
+        prefix = self.model.sequence_prefix(self.cache, self.modality, self.h, self.cfg_scale)
+        rep, nfe = self.model.sample_after(prefix, steps=self.steps, cfg_scale=self.cfg_scale,
+                                           generator=self.generator, **self.options)
         self.nfe += nfe
         return rep[0]
 
@@ -124,17 +127,6 @@ class Generation:
         return " ".join(p for p in parts if p)
 
 
-def caption_span(text: list[int], tok, max_len: int) -> list[int]:
-    """The words since the last [BOS] / [EOI] (what a one-image sampler was trained on), its last max_len."""
-    words = []
-    for t in text:
-        if t in (tok.bos_id, tok.eoi_id):
-            words = []
-        elif tok.vocab[t] not in SPECIAL_TOKENS:
-            words.append(t)
-    return words[-max_len:]
-
-
 def encode_prompt(model, prompt: str) -> list[int]:
     """'a three' -> [T2I]? [BOS] a three. Special tokens may be written ('[BOS] a three [BOI]'); [BOS] and, for
     models with task tokens, [T2I] are added in front when the prompt does not start with them."""
@@ -147,6 +139,15 @@ def encode_prompt(model, prompt: str) -> list[int]:
     else:
         task = [tok.t2i_id] if model.task_tokens else []
     return task + ([] if ids[:1] == [tok.bos_id] else [tok.bos_id]) + ids
+
+
+def edit_prompt(model, instruction: list[int]) -> Segments:
+    """Instruction editing as a generation prompt (Transfusion §4.3), the layout the edit fine-tune trains on
+    (minimfm/mixed_data.py): [T2I]? [BOS] [BOI] source [EOI] instruction [BOI] -> the edited image; the source
+    is the one known image."""
+    tok = model.tok
+    task = [tok.t2i_id] if model.task_tokens else []
+    return [task + [tok.bos_id, tok.boi_id], IMAGE, [tok.eoi_id] + list(instruction) + [tok.boi_id]]
 
 
 def decode(ctx, prompt: Segments, known: list[torch.Tensor] = (), *, max_tokens: int = 48, max_images: int = 4,
@@ -182,7 +183,7 @@ def decode(ctx, prompt: Segments, known: list[torch.Tensor] = (), *, max_tokens:
         ctx.feed_text(pending)
         out.segments[-1] += pending
         if pending[-1] == tok.boi_id:  # the switch to the image, and the only one
-            rep = ctx.draw(caption_span(out.segments[-1], tok, ctx.max_caption))
+            rep = ctx.draw()
             ctx.feed_image(rep)
             out.drawn.append(len(out.images))
             out.images.append(rep)
@@ -220,3 +221,49 @@ def generate(model, prompt: str | Segments, known: list[torch.Tensor] = (), *, m
                  top_k=top_k, top_p=top_p, generator=generator)
     model.last_nfe = ctx.nfe
     return out
+
+
+# ----------------------------------------------------------------------------------------------- pictures
+def strip_parts(g: Generation, tok, pictures: torch.Tensor) -> list:
+    """A generation as the cells of a strip, in reading order: the text of each text segment (special tokens
+    dropped) and each image's picture [C, H, W] from `pictures` (model.decode_images of g.images)."""
+    parts, k = [], 0
+    for seg in g.segments:
+        if seg is IMAGE:
+            parts.append(pictures[k])
+            k += 1
+        elif tok.decode(seg):
+            parts.append(tok.decode(seg))
+    return parts
+
+
+def save_strip(rows: list[list], path, title: str = "", scale: float = 1.4) -> None:
+    """One row per generation, text cells beside the images they come before and after: a PNG, written
+    atomically (never half a file)."""
+    import io
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    from minimfm.checkpoint import _write_atomic
+    ncols = max(1, max(len(r) for r in rows))
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * scale, len(rows) * scale + 0.4 * bool(title)),
+                             squeeze=False)
+    for r, row in enumerate(rows):
+        for c, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if c >= len(row):
+                continue
+            if isinstance(row[c], str):
+                ax.text(0.5, 0.5, "\n".join(textwrap.wrap(row[c], 16)), ha="center", va="center", fontsize=8,
+                        transform=ax.transAxes)
+            else:
+                img = row[c].detach().float().cpu().clamp(0, 1)
+                ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    plt.close(fig)
+    _write_atomic(path, lambda f: f.write(png.getvalue()))

@@ -5,29 +5,55 @@ the 2-D grid embedding of image positions, the sequence layout, captioning and t
 A mode (minimfm/modes/*.py) subclasses it and supplies only what makes it different:
 
     embed_images(rep)            image representation (codes or latents) -> (B, N, D) transformer inputs
-    training_loss(...)           the image loss (+ the shared text loss)
-    sample_images(prompts, *, steps, known, known_mask, cfg_scale, generator)
-                                 its sampler: one code at a time, T masked steps, or S denoising steps
+    sequence_loss(batch, rep, generate, generator)
+                                 the image loss (+ the shared text loss) of a packed batch with M images
+    sample_after(prefix, *, steps, known, known_mask, cfg_scale, generator)
+                                 its sampler: one code at a time, T masked steps, or S denoising steps, for the
+                                 image that follows a Prefix (a sequence already read into a KV cache)
+    sample_images(prompts, ...)  the same for caption prompts: `prompt_prefix` reads them, then sample_after
 
 so each paper's idea sits in one file and nothing here branches on the mode. Every sampler takes the same
 arguments: `steps` (None = the mode's default; a mode without a step knob refuses a number), `known` and
 `known_mask` (B, N) for inpainting / completion, `cfg_scale` and `generator`; mode-specific options
-(temperature, the cache switch, ...) come after as keywords. The registry (minimfm/modes/__init__.py) names
+(temperature, the cache switch, ...) come after as keywords. A Prefix is built from caption prompts
+(`prompt_prefix`) or from the generation loop's cache (`sequence_prefix`, minimfm/generate.py), so an image can
+depend on everything before it, earlier images included. The registry (minimfm/modes/__init__.py) names
 the modes and what the rest of minimfm needs to know about each.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from minimfm.config import Config
-from minimfm.masks import attention_mask
+from minimfm.masks import PAD, TEXT, attention_mask
 from minimfm.modes import get_mode
 from minimfm.modes.sampling import with_unconditional
 from minimfm.sequence import IGNORE, Batch, Layout, pack
+from minimfm.segments import SegmentBatch
 from minimfm.tokenizers.text import TextTokenizer
 from minimfm.transformer import KVCache, Transformer, init_weights
+
+
+@dataclass
+class Prefix:
+    """Everything before an image, already read into a KV cache: what a sampler continues.
+
+    Transfusion §2.3 (and Chameleon's mixed-modal decoding): the model emits [BOI], and the image is generated
+    after the sequence so far, whose keys/values are reused rather than recomputed. Rows [:B] are the sequences
+    to continue; when guiding, rows [B:] are their unconditional twins (the mode's null prompt), left-padded to
+    the same length P so that one transformer call serves both: padding keys are masked out and RoPE sees only
+    distances. Masked, diffusion and mar samplers crop the cache back to P after each pass; ar appends its codes,
+    so a Prefix serves one image.
+    """
+    cache: KVCache           # (B', H, P, Dh) per layer: keys/values of the P prefix positions
+    last: torch.Tensor       # (B', D) output at position P - 1 ([BOI]): ar predicts its first code from it
+    mask: torch.Tensor       # (B', N, P + N) the image's rows of the full attention mask
+    positions: torch.Tensor  # (B', N) the image's rotary positions
+    length: int              # P
 
 
 class MultimodalModel(nn.Module):
@@ -95,6 +121,51 @@ class MultimodalModel(nn.Module):
         batch = self.pack(rows, torch.ones(len(rows), dtype=torch.bool))
         return batch, self.mask(batch.modality), self.layout.prompt_length()
 
+    @torch.no_grad()
+    def prompt_prefix(self, prompts: list[list[int]], cfg_scale: float) -> Prefix:
+        """Caption prompts (and, when guiding, as many empty captions) packed by `prompt_batch` and read once:
+        the Prefix `sample_images` hands to the mode's `sample_after`."""
+        batch, full_mask, P = self.prompt_batch(prompts, cfg_scale)
+        N, cache = self.n_image, KVCache(self.cfg.n_layer)
+        h = self.transformer(self.text_emb(batch.tokens[:, :P]), full_mask[:, :P, :P], batch.positions[:, :P],
+                             cache=cache)  # (B', P, D)
+        return Prefix(cache, h[:, -1], full_mask[:, P:P + N, :P + N], batch.positions[:, P:P + N], P)
+
+    @torch.no_grad()
+    def sequence_prefix(self, cache: KVCache, modality: list[int], last: torch.Tensor, cfg_scale: float) -> Prefix:
+        """One sequence read by the generation loop (its cache, the modality of each position, its output `last`
+        (D,) at the last position, a [BOI]) as the Prefix of its next image. Nothing is copied and the loop's
+        cache is never changed: KVCache.update concatenates into new tensors and crop only slices.
+
+        Guidance needs what the model learnt as "no condition": the null prompt of prompt_batch (an empty
+        caption, [T2I]? [BOS] [BOI]), read here in one short pass (2-3 positions) and placed so that its image
+        starts where the sequence's does, its keys left-padded to the sequence's length."""
+        L, N, dev = len(modality), self.n_image, self.device
+        # the modality of each row's prefix and image: the image is numbered after every earlier one (sees them)
+        rows = [list(modality) + [max(modality) + 1] * N]
+        ks, vs, lasts = [cache.k], [cache.v], [last.reshape(1, -1)]  # per row: per layer (1, H, length, Dh)
+        if cfg_scale:
+            null = self.pack([[]], torch.ones(1, dtype=torch.bool))
+            ids = null.tokens[:, null.modality[0] == TEXT][:, :-2]  # (1, u): drop [EOI] [EOS] after the image
+            u = ids.shape[1]
+            null_cache = KVCache(self.cfg.n_layer)
+            causal = torch.ones(u, u, dtype=torch.bool, device=dev).tril()[None]  # (1, u, u)
+            h = self.transformer(self.text_emb(ids), causal, torch.arange(L - u, L, device=dev)[None],
+                                 cache=null_cache)  # (1, u, D)
+            rows.append([TEXT] * u + [1] * N)
+            ks, vs, lasts = ks + [null_cache.k], vs + [null_cache.v], lasts + [h[:, -1]]
+        P = max(map(len, rows)) - N
+
+        def stack(per_row):  # (1, H, length, Dh) per row -> (B', H, P, Dh); left padding, masked out below
+            return torch.cat([torch.cat([t.new_zeros(*t.shape[:2], P - t.shape[2], t.shape[3]), t], 2)
+                              for t in per_row])
+        padded = KVCache(self.cfg.n_layer)
+        padded.k, padded.v = [stack(layer) for layer in zip(*ks)], [stack(layer) for layer in zip(*vs)]
+        modality_rows = torch.tensor([[PAD] * (P + N - len(r)) + r for r in rows], device=dev)  # (B', P + N)
+        mask = self.mask(modality_rows)[:, P:]  # (B', N, P + N)
+        positions = torch.arange(L, L + N, device=dev).expand(len(rows), N)  # (B', N) both rows' image at L
+        return Prefix(padded, torch.cat(lasts), mask, positions, P)
+
     def check_known(self, known: torch.Tensor | None, known_mask: torch.Tensor | None, B: int
                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Inpainting inputs on the model's device: both or neither, `known_mask` (B, N) bool."""
@@ -158,16 +229,40 @@ class MultimodalModel(nn.Module):
         return pack(captions, t2i, self.tok, self.layout).to(self.device)
 
     # -------------------------------------------------------------------------------------- training
-    def forward(self, captions: list[list[int]], rep: torch.Tensor, t2i: torch.Tensor, drop: torch.Tensor,
-                generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    def forward(self, *inputs) -> tuple[torch.Tensor, dict]:
         """The training loss: forward() is what DistributedDataParallel and torch.compile wrap (train.py).
+        Two input forms: a caption batch (captions, rep, t2i, drop, generator) goes to `training_loss`; a packed
+        segment batch (SegmentBatch, rep, generate, generator: minimfm/mixed_data.py) to `sequence_loss`.
         Sampling and captioning have their own methods."""
-        return self.training_loss(captions, rep, t2i, drop, generator)
+        if isinstance(inputs[0], SegmentBatch):
+            return self.sequence_loss(*inputs)
+        return self.training_loss(*inputs)
 
     def training_loss(self, captions: list[list[int]], rep: torch.Tensor, t2i: torch.Tensor, drop: torch.Tensor,
                       generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        """Mode hook: total loss and a dict of floats to log. `rep` are codes (B, N) or latents (B, N, d)."""
+        """Total loss and a dict of floats to log for one caption and one image per row: `rep` codes (B, N) or
+        latents (B, N, d); the image of a text-to-image row is the one generated, an image-to-text row reads it."""
+        return self.sequence_loss(self.pack(captions, t2i, drop), rep, t2i, generator)
+
+    def sequence_loss(self, batch: Batch | SegmentBatch, rep: torch.Tensor, generate: torch.Tensor,
+                      generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """Mode hook: the loss of a packed batch holding M images, one per row (sequence.Batch) or any number
+        (segments.SegmentBatch). `rep` (M, N) codes or (M, N, d) latents in reading order (row 0's images, then
+        row 1's, ...); `generate` (M,) bool: the image is generated (noised over the whole schedule, masked),
+        not read as context. Each image draws its own corruption (Transfusion: a timestep and noise per image)."""
         raise NotImplementedError
+
+    def image_index(self, batch: Batch | SegmentBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M,) row and (M,) first position of each image, in reading order (the order of `rep`)."""
+        start = batch.image_start
+        if start.dim() == 1:  # sequence.Batch: exactly one image per row
+            return torch.arange(len(start), device=start.device), start
+        row, k = torch.nonzero(start >= 0, as_tuple=True)  # row-major: the reading order
+        return row, start[row, k]
+
+    def image_hidden(self, h: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (M, N, D): the outputs at the image positions; every image is N consecutive positions."""
+        return h[modality >= 1].view(-1, self.n_image, h.shape[-1])
 
     def extra_step_flops(self, batch_size: int) -> float:
         """Mode hook: training FLOPs of modules marked `counted_by_mode` (see minimfm/flops.py); none here."""
@@ -186,11 +281,21 @@ class MultimodalModel(nn.Module):
             raise ValueError(f"prompt longer than {self.layout.max_text_len} words: '{too_long[0]}'")
         return ids
 
+    def sample_after(self, prefix: Prefix, *, steps: int | None = None, known: torch.Tensor | None = None,
+                     known_mask: torch.Tensor | None = None, cfg_scale: float, generator: torch.Generator,
+                     **options) -> tuple[torch.Tensor, int]:
+        """Mode hook: the image after each of the prefix's B sequences, (B, N) codes or (B, N, d) latents, and the
+        transformer evaluations (NFE) used. `cfg_scale` must be the one the prefix was built with."""
+        raise NotImplementedError
+
     def sample_images(self, prompts: list[list[int]], *, steps: int | None = None,
                       known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
                       cfg_scale: float, generator: torch.Generator, **options) -> tuple[torch.Tensor, int]:
-        """Mode hook: image representations for prompt ids, and the transformer evaluations (NFE) used."""
-        raise NotImplementedError
+        """Image representations for prompt ids, and the transformer evaluations (NFE) used: the prompts are
+        read once (`prompt_prefix`) and the mode's `sample_after` continues them. A mode may override this to
+        offer a reference path that recomputes the prompt at every pass (`use_cache=False`)."""
+        return self.sample_after(self.prompt_prefix(prompts, cfg_scale), steps=steps, known=known,
+                                 known_mask=known_mask, cfg_scale=cfg_scale, generator=generator, **options)
 
     @torch.no_grad()
     def generate_images(self, prompts: list[str], *, steps: int | None = None, cfg_scale: float | None = None,

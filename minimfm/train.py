@@ -18,8 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from minimfm.checkpoint import CheckpointError, load_checkpoint, save_atomic, write_text_atomic
-from minimfm.config import Config, ConfigError, shorten
+from minimfm.config import Config, ConfigError, parse_tasks, shorten
 from minimfm.data import CaptionedDataset, class_words, prompt_for
+from minimfm.finetune import init_from
+from minimfm.mixed_data import MixedTrainingData, text_tokenizer
 from minimfm.runs import (build_model, check_folder, check_model_checkpoint, check_training_device,
                           image_tokenizer_for, load_weights, model_checkpoint, select_device)
 
@@ -105,6 +107,12 @@ class TrainingData:
         t2i = torch.rand(len(idx), generator=g) < cfg.t2i_ratio
         drop = torch.rand(len(idx), generator=g) < cfg.caption_dropout
         return [self.captions[i] for i in idx.tolist()], self.reps[idx.to(self.reps.device)], t2i, drop, g
+
+    @staticmethod
+    def micro_batch(inputs: list, a: int, b: int, device) -> tuple:
+        """Rows [a, b) of a step's batch, as the model's forward takes them (mixed_data.MixedTrainingData too)."""
+        captions, rep, t2i, drop = inputs
+        return captions[a:b], rep[a:b].to(device), t2i[a:b], drop[a:b]
 
 
 def sample_prompts(dataset: str) -> list[str]:
@@ -242,7 +250,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
     if not ctx.is_main:
         image_tokenizer, tokenizer_ckpt = image_tokenizer_for(cfg, verbose=False)
     torch.manual_seed(cfg.seed)  # after the tokenizer: whether it was cached must not change the init
-    model = build_model(cfg, image_tokenizer).to(device)
+    model = build_model(cfg, image_tokenizer, text_tokenizer(cfg)).to(device)
+    if cfg.init_from and not (resume and ckpt_path.is_file()):  # a fine-tune starts from a base model's weights
+        init_from(model, cfg.init_from)
     optimizer = make_optimizer(model, cfg, device)
     ema = EMA(model, cfg.ema) if cfg.ema else None
     step, seconds_before, saved_step = 0, 0.0, None
@@ -256,7 +266,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
             ema.load_state_dict(ckpt["ema"])
         step = saved_step = ckpt["step"]
         seconds_before = ckpt.get("train_seconds", 0.0)
-    data = TrainingData(cfg, model, verbose)
+    # --tasks caption reads its data exactly as before #15; interleaved and edit rows come as segment batches
+    data = (TrainingData if parse_tasks(cfg.tasks) == ("caption",) else MixedTrainingData)(cfg, model, verbose)
     # the encoded split is megabytes (codes or small latents), so it lives on the device: no per-step host-to-device
     # copies, hence no pinned memory or loader workers to tune
     data.reps = data.reps.to(device)
@@ -302,7 +313,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
           (run / "metrics.jsonl").open("a") if ctx.is_main else nullcontext() as metrics_file):
         for step in bar:
             step_start = time.time()
-            captions, rep, t2i, drop, g = data.batch(step, cfg)
+            *inputs, g = data.batch(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, if any, is a function of the step too
@@ -314,7 +325,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
                 sync = nullcontext() if last or not ctx.active else net.no_sync()  # all-reduce once, after the last
                 with sync:
                     with autocast:
-                        loss, micro_logs = net(captions[a:b], rep[a:b].to(device), t2i[a:b], drop[a:b], generator)
+                        loss, micro_logs = net(*data.micro_batch(inputs, a, b, device), generator)
                     # each process averages its len(rows) micro-batches and DDP averages over processes: the
                     # gradient is the mean over all n_micro micro-batches, whatever the world size
                     (loss if n_micro == 1 else loss / len(rows)).backward()

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from helpers import tiny_latent_model, tiny_model
-from minimfm.generate import Context, caption_span, decode, encode_prompt, generate
+from minimfm.generate import Context, decode, encode_prompt, generate
 from minimfm.segments import IMAGE, check, pack
 from minimfm.tokenizers.text import TextTokenizer
 
@@ -18,8 +18,8 @@ class Scripted:
     """A context whose next-token preferences follow a script (first = most likely): the loop's only view of a
     model, so every call the loop makes is recorded in `events`."""
 
-    def __init__(self, script, max_caption=8, n_image=3):
-        self.tok, self.max_caption, self.n_image = tok, max_caption, n_image
+    def __init__(self, script, n_image=3):
+        self.tok, self.n_image = tok, n_image
         self.script, self.events, self.length = list(script), [], 0
 
     def feed_text(self, ids):
@@ -37,8 +37,8 @@ class Scripted:
             logits[t] = 10.0 - rank
         return logits
 
-    def draw(self, caption):
-        self.events.append(("draw", caption))
+    def draw(self):
+        self.events.append(("draw", self.length))  # where the image starts: right after the [BOI] just fed
         return torch.full((self.n_image,), len(self.events))
 
 
@@ -51,7 +51,7 @@ def test_loop_switches_to_an_image_only_on_boi():
     ctx = Scripted([[w("three")], [EOI, BOI], [BOS, EOS]])
     g = decode(ctx, [[BOS, w("a")]])
     assert ctx.events[:3] == [("text", [BOS, w("a")]), ("text", [w("three")]), ("text", [BOI])]
-    assert ctx.events[3] == ("draw", [w("a"), w("three")])  # the sampler gets the caption, no special tokens
+    assert ctx.events[3] == ("draw", 4)  # the sampler continues the whole sequence, [BOI] included
     assert kinds(ctx)[4:] == ["image", "text", "text"] and ctx.events[5:] == [("text", [EOI]), ("text", [EOS])]
     assert torch.equal(ctx.events[4][1], g.images[0]) and g.drawn == [0]
     assert g.chosen == [w("three"), BOI, EOS] and g.finished(tok)
@@ -68,11 +68,11 @@ def test_no_image_without_boi_and_the_length_limit_stops():
     assert g.chosen == [w("a")] * 5 and not g.finished(tok) and g.images == []
 
 
-def test_max_images_and_the_caption_of_each_image():
-    ctx = Scripted([[w("seven")], [BOI], [BOI, w("thin")], [EOS]], max_caption=2)
+def test_max_images_and_where_each_image_is_drawn():
+    ctx = Scripted([[w("seven")], [BOI], [BOI, w("thin")], [EOS]])
     g = decode(ctx, [[BOS, w("a"), w("bold"), w("one"), BOI]], max_images=2)
     draws = [e[1] for e in ctx.events if e[0] == "draw"]
-    assert draws == [[w("bold"), w("one")], [w("seven")]]  # last max_caption words; text since the last [EOI]
+    assert draws == [5, 5 + 3 + 3]  # after the prompt; after image 1, [EOI], "seven", [BOI]
     assert g.chosen == [w("seven"), BOI, w("thin"), EOS]  # the third [BOI] is over max_images: next choice
     assert g.segments.count(IMAGE) == 2 and len(g.images) == 2 and g.drawn == [0, 1]
 
@@ -82,7 +82,7 @@ def test_known_images_are_read_not_drawn():
     ctx = Scripted([[BOI], [EOS]])
     g = decode(ctx, [[BOS, BOI], IMAGE, [EOI, w("the"), w("digit"), w("4")]], [known])
     assert kinds(ctx) == ["text", "image", "text", "text", "draw", "image", "text", "text"]
-    assert ctx.events[4] == ("draw", [w("the"), w("digit"), w("4")])
+    assert ctx.events[4] == ("draw", 2 + 3 + 4 + 1)  # after the known image and its text
     assert g.drawn == [1] and torch.equal(g.images[0], known)
     g = decode(Scripted([[EOS]]), [[BOS, BOI], IMAGE], [known])  # a prompt ending in a known image is closed
     assert g.segments == [[BOS, BOI], IMAGE, [EOI, EOS]]
@@ -100,9 +100,7 @@ def test_bad_prompts_get_one_line_errors(prompt, known, message):
         decode(Scripted([]), prompt, known)
 
 
-def test_caption_span_and_prompt_encoding():
-    assert caption_span([BOS, w("a"), BOI], tok, 8) == [w("a")]
-    assert caption_span([EOI, w("a"), w("seven"), BOI], tok, 1) == [w("seven")]
+def test_prompt_encoding():
     ar, mar = tiny_model("ar"), tiny_latent_model("mar")
     assert encode_prompt(ar, "a three") == [BOS, w("a"), w("three")]
     assert encode_prompt(mar, "[BOS] the digit 3,") == [tok.t2i_id, BOS, w("the"), w("digit"), w("3"), w(",")]
@@ -170,3 +168,68 @@ def test_generate_with_each_mode_reads_back_what_it_drew(mode, kw):
         assert torch.allclose(logits, want[pos], atol=1e-5), (mode, pos)
     pictures = model.decode_images(torch.stack(g.images))
     assert pictures.shape[0] == len(g.images) and 0 <= float(pictures.min()) <= float(pictures.max()) <= 1
+
+
+# --------------------------------------------------------------------------- the sampler continues the loop's cache
+PROMPT = "a bold seven leaning right"
+
+
+@pytest.mark.parametrize("scale", [0.0, 2.0])
+@pytest.mark.parametrize("mode, kw", MODES + [("diffusion", {"time_cond": "adaln"})])
+@torch.no_grad()
+def test_sampling_after_the_cached_prefix_equals_sample_images(mode, kw, scale):
+    """One image after `[T2I]? [BOS] caption [BOI]` read by the loop == sample_images([caption]), same seed.
+
+    The random draws are the same ones in the same order (sample_images is sample_after on prompt_prefix); only
+    the layout differs (the loop's prefix starts at position 0, the packed prompt is left-padded, and the
+    unconditional row is the null prompt read separately), so the transformer's outputs agree to float
+    rounding, not bit for bit: codes are equal, latents within 1e-5."""
+    model = make(mode, **kw)
+    steps = None if mode == "ar" else 3
+    ctx = Context(model, cfg_scale=scale, steps=steps, generator=torch.Generator().manual_seed(7))
+    ctx.feed_text(encode_prompt(model, PROMPT) + [BOI])
+    before = [t.clone() for t in ctx.cache.k + ctx.cache.v]
+    got = ctx.draw()
+    want, nfe = model.sample_images([tok.encode(PROMPT)], steps=steps, cfg_scale=scale,
+                                    generator=torch.Generator().manual_seed(7))
+    assert ctx.nfe == nfe
+    if got.dtype == torch.long:
+        assert torch.equal(got, want[0])
+    else:
+        assert torch.allclose(got, want[0], atol=1e-5), (got - want[0]).abs().max()
+    after = ctx.cache.k + ctx.cache.v
+    assert ctx.cache.length == ctx.length and all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+STEP_ONE = {"ar": "code_head", "masked": "code_head", "diffusion": "patch_out", "mar": "head"}  # logits, v, head v
+
+
+@pytest.mark.parametrize("mode, kw", MODES)
+@torch.no_grad()
+def test_the_second_image_attends_to_the_first(mode, kw):
+    """`... [BOI] image 1 [EOI] a seven [BOI]`: the second image's step-1 output (code logits, velocity, the MAR
+    head's output) changes with image 1 in the conditional row, and not in the unconditional (null prompt) row."""
+    model = make(mode, **kw)
+    prompt = TWO_IMAGES[:3]  # [BOS] a thin three [BOI], IMAGE, [EOI] a seven [BOI]
+
+    def step_one(first):
+        ctx = Context(model, cfg_scale=2.0, steps=None if mode == "ar" else 2,
+                      generator=torch.Generator().manual_seed(0))
+        ctx.feed_text(prompt[0])
+        ctx.feed_image(first)
+        ctx.feed_text(prompt[2])
+        outputs = []
+        handle = getattr(model, STEP_ONE[mode]).register_forward_hook(lambda m, i, o: outputs.append(o))
+        try:
+            image = ctx.draw()
+        finally:
+            handle.remove()
+        return outputs[0].chunk(2), image  # (cond, uncond) of the first call
+
+    one, two = random_images(model, 2, seed=3)
+    (cond_a, uncond_a), image_a = step_one(one)
+    (cond_b, uncond_b), _ = step_one(two)
+    (cond_c, _), image_c = step_one(one.clone())
+    assert (cond_a - cond_b).abs().max() > 1e-3  # image 1 reaches the second image's first step
+    assert torch.allclose(uncond_a, uncond_b, atol=1e-6)  # the unconditional branch sees only the null prompt
+    assert torch.equal(cond_a, cond_c) and torch.equal(image_a, image_c)  # and nothing else changed

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from minimfm.model import MultimodalModel
 from minimfm.modes.sampling import guided, repeat_for_guidance, sample_from_logits
-from minimfm.transformer import KVCache, init_weights
+from minimfm.transformer import init_weights
 
 
 class ARModel(MultimodalModel):
@@ -41,29 +41,65 @@ class ARModel(MultimodalModel):
         return self.code_emb(codes)  # (B, N, D)
 
     def image_predictors(self, start: torch.Tensor) -> torch.Tensor:
-        """(B, N) index of the position whose output predicts each code: the one just before it."""
+        """(M, N) index of the position whose output predicts each code: the one just before it."""
         return start[:, None] - 1 + torch.arange(self.n_image, device=start.device)[None]
 
-    def training_loss(self, captions, codes, t2i, drop, generator):
-        batch = self.pack(captions, t2i, drop)
+    def sequence_loss(self, batch, codes, generate, generator):
+        """Next-code loss on every image of the batch, read or generated alike (one causal sequence: Chameleon
+        models all of it); image k of a row is predicted from the positions just before its own codes."""
         h = self.hidden(batch, self.embed_images(codes))  # (B, T, D)
-        idx = self.image_predictors(batch.image_start)  # (B, N)
-        h_img = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))  # (B, N, D)
+        row, start = self.image_index(batch)  # (M,) each
+        idx = self.image_predictors(start)  # (M, N)
+        h_img = h[row[:, None], idx]  # (M, N, D)
+        # every image has N codes, so this mean over all codes is also the mean of the per-image losses
         image_loss = F.cross_entropy(self.code_head(h_img).flatten(0, 1).float(), codes.flatten())
         return self.combine(self.text_loss(h, batch), image_loss)
 
     @torch.no_grad()
-    def sample_images(self, prompts, *, steps=None, known=None, known_mask=None, cfg_scale, generator,
-                      temperature=None, top_k=None, top_p=None, use_cache: bool = True):
-        """Codes (B, N) for prompt ids, one transformer evaluation per code (so `steps` must stay None).
+    def sample_after(self, prefix, *, steps=None, known=None, known_mask=None, cfg_scale, generator,
+                     temperature=None, top_k=None, top_p=None):
+        """Codes (B, N) after the prefix's sequences, one transformer evaluation per code (`steps` must stay None).
 
-        With cfg_scale > 0 the batch is doubled: rows [B:] have an empty caption (the unconditional model learnt
-        through caption dropout). Completion: where `known_mask` (B, N) is set, the code is taken from `known`
-        (B, N) instead of sampled (teacher forcing); a raster prefix (the top rows) is what conditions the rest,
-        since a code only sees the codes before it.
+        With cfg_scale > 0 the prefix's rows [B:] are the unconditional ones (the null prompt, learnt through
+        caption dropout). Completion: where `known_mask` (B, N) is set, the code is taken from `known` (B, N)
+        instead of sampled (teacher forcing); a raster prefix (the top rows) is what conditions the rest, since a
+        code only sees the codes before it. Each code is appended to the prefix's cache (it is used up).
         """
         cfg = self.cfg
         N = self.sampling_steps(steps)  # refuses a step count: one evaluation per code
+        temperature = cfg.temperature if temperature is None else temperature
+        top_k = cfg.top_k if top_k is None else top_k
+        top_p = cfg.top_p if top_p is None else top_p
+        B = len(prefix.last) // (2 if cfg_scale else 1)
+        known, known_mask = self.check_known(known, known_mask, B)
+        grid, P = self.image_grid_embedding(), prefix.length
+        codes = torch.zeros(B, N, dtype=torch.long, device=self.device)
+        h = prefix.last  # (B', D): the output at [BOI] predicts code 0
+        for j in range(N):
+            logits = guided(self.code_head(h).float(), cfg_scale)
+            codes[:, j] = sample_from_logits(logits, generator, temperature, top_k, top_p)
+            if known is not None:
+                codes[:, j] = torch.where(known_mask[:, j], known[:, j], codes[:, j])
+            if j + 1 < N:  # code j, at position P + j, predicts code j + 1; the last code predicts nothing
+                x = (self.code_emb(repeat_for_guidance(codes[:, j], cfg_scale)) + grid[j])[:, None]  # (B', 1, D)
+                h = self.transformer(x, prefix.mask[:, j:j + 1, :P + j + 1], prefix.positions[:, j:j + 1],
+                                     cache=prefix.cache)[:, -1]  # (B', D)
+        return codes, N
+
+    @torch.no_grad()
+    def sample_images(self, prompts, *, steps=None, known=None, known_mask=None, cfg_scale, generator,
+                      temperature=None, top_k=None, top_p=None, use_cache: bool = True):
+        """Codes (B, N) for prompt ids: `sample_after` on the prompts read once (`prompt_prefix`).
+
+        use_cache=False is the reference the cache must equal: every code re-reads the prompt and the codes
+        before it (N evaluations of growing length; same codes, tests/test_ar.py).
+        """
+        options = dict(steps=steps, known=known, known_mask=known_mask, cfg_scale=cfg_scale, generator=generator,
+                       temperature=temperature, top_k=top_k, top_p=top_p)
+        if use_cache:
+            return self.sample_after(self.prompt_prefix(prompts, cfg_scale), **options)
+        cfg = self.cfg
+        N = self.sampling_steps(steps)
         temperature = cfg.temperature if temperature is None else temperature
         top_k = cfg.top_k if top_k is None else top_k
         top_p = cfg.top_p if top_p is None else top_p
@@ -71,17 +107,14 @@ class ARModel(MultimodalModel):
         known, known_mask = self.check_known(known, known_mask, B)
         batch, full_mask, P = self.prompt_batch(prompts, cfg_scale)
         grid = self.image_grid_embedding()
-        x = self.text_emb(batch.tokens[:, :P])  # (B', P, D)
+        x = self.text_emb(batch.tokens[:, :P])  # (B', P + j, D): the prompt and the codes so far
         codes = torch.zeros(B, N, dtype=torch.long, device=self.device)
-        cache = KVCache(cfg.n_layer) if use_cache else None
         for j in range(N):
-            end = P + j  # positions [0, end) are known; with a cache, x holds only those not yet fed
-            start = end - x.shape[1]
-            h = self.transformer(x, full_mask[:, start:end, :end], batch.positions[:, start:end], cache=cache)
+            h = self.transformer(x, full_mask[:, :P + j, :P + j], batch.positions[:, :P + j])
             logits = guided(self.code_head(h[:, -1]).float(), cfg_scale)
             codes[:, j] = sample_from_logits(logits, generator, temperature, top_k, top_p)
             if known is not None:
                 codes[:, j] = torch.where(known_mask[:, j], known[:, j], codes[:, j])
             x_new = (self.code_emb(repeat_for_guidance(codes[:, j], cfg_scale)) + grid[j])[:, None]  # (B', 1, D)
-            x = x_new if use_cache else torch.cat([x, x_new], 1)
+            x = torch.cat([x, x_new], 1)
         return codes, N

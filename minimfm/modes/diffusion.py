@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from minimfm.model import MultimodalModel
 from minimfm.modes.sampling import guided, repeat_for_guidance
 from minimfm.modes.schedules import TimestepEmbedding, make_schedule
-from minimfm.transformer import KVCache
 
 
 class LinearPatches(nn.Module):
@@ -122,77 +121,110 @@ class DiffusionModel(MultimodalModel):
         return self.embed_images(latents), self.transformer_kwargs(modality)
 
     # -------------------------------------------------------------------------------------- training
-    def training_times(self, t2i: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """(B,) noise times on the generator's device. Image-then-caption rows get at most half the schedule
-        (Transfusion): the caption must stay readable from the image, and pure noise has nothing to caption."""
+    def training_times(self, generate: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(M,) noise times, one per IMAGE, on the generator's device. A read image (image-then-caption, an
+        edit's source) gets at most half the schedule (Transfusion): the text after it must stay readable from
+        it, and pure noise has nothing to read."""
         half = 0.5 if self.cfg.i2t_noise_limit else 1.0
-        limit = torch.where(t2i.cpu(), 1.0, half)
+        limit = torch.where(generate.cpu(), 1.0, half)
         return self.schedule.sample_t(limit, generator)
 
-    def training_loss(self, captions, latents, t2i, drop, generator):
-        B, N, d = latents.shape
+    def training_condition(self, batch, t: torch.Tensor) -> dict:
+        """adaLN-Zero kwargs for training: each image's positions get ITS time embedding (Transfusion noises the
+        images of a sequence independently). One image per row keeps transformer_kwargs' (B, 1, D) rows, so the
+        modulation MLP runs once per row; several need a (B, T, D) condition, one per position."""
+        if not self.uses_adaln():
+            return {}
+        B, is_image = batch.tokens.shape[0], batch.modality >= 1
+        if t.shape[0] == B and (batch.image_start.dim() == 1 or batch.image_start.shape[1] == 1):
+            return self.transformer_kwargs(batch.modality, t)  # M = B and at most one per row: one each
+        per_image = self.time_embedding(t)  # (M, D)
+        cond = per_image.new_zeros(*batch.tokens.shape, per_image.shape[-1])  # (B, T, D), 0 where text
+        cond = cond.masked_scatter(is_image[..., None], per_image.repeat_interleave(self.n_image, 0))
+        return {"cond": cond, "cond_mask": is_image}
+
+    def sequence_loss(self, batch, latents, generate, generator):
+        M, N, d = latents.shape
         # every draw on the generator (CPU in train.py) before anything moves: resumed runs replay it exactly
-        t = self.training_times(t2i, generator)
-        eps = torch.randn((B, N, d), generator=generator, device=generator.device)
+        t = self.training_times(generate, generator)  # (M,): one time per image, not per sequence
+        eps = torch.randn((M, N, d), generator=generator, device=generator.device)
         t, eps = t.to(self.device), eps.to(latents.device, latents.dtype)
         x_t = self.schedule.add_noise(latents, eps, t)
-        batch = self.pack(captions, t2i, drop)
-        h = self.hidden(batch, self.embed_images(x_t, t), **self.transformer_kwargs(batch.modality, t))  # (B, T, D)
-        h_img = h[batch.image_positions].view(B, N, -1)  # (B, N, D): exactly N image positions per row, in order
-        out = self.patch_out(h_img)  # (B, N, d)
+        h = self.hidden(batch, self.embed_images(x_t, t), **self.training_condition(batch, t))  # (B, T, D)
+        out = self.patch_out(self.image_hidden(h, batch.modality))  # (M, N, d)
+        # every image has N·d values, so the mean over all of them is the mean of the per-image losses
         image_loss = F.mse_loss(out.float(), self.schedule.target(latents, eps).float())
         return self.combine(self.text_loss(h, batch), image_loss)
 
     # -------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample_images(self, prompts, *, steps=None, known=None, known_mask=None, cfg_scale, generator,
-                      sampler: str | None = None, use_cache: bool = True):
-        """Latents (B, N, d) for prompt ids after S denoising steps; returns (latents, S).
+    def sample_after(self, prefix, *, steps=None, known=None, known_mask=None, cfg_scale, generator,
+                     sampler: str | None = None):
+        """Latents (B, N, d) after the prefix's sequences in S denoising steps; returns (latents, S).
 
-        CFG doubles the batch (rows [B:] have an empty caption) inside ONE transformer call per step and mixes
-        the outputs (ε or v): cond + s·(cond − uncond). With `use_cache` the caption prefix is run once into a
-        KV cache and every step feeds only the image positions, cropping the cache back to the prefix after.
-        Inpainting: `known` (B, N, d) latents and `known_mask` (B, N) bool; before each step the known positions
-        are replaced by the known latents noised to the current time, and set exactly at the end.
+        CFG: the prefix's rows [B:] are the unconditional ones (the null prompt), run in ONE transformer call per
+        step with the conditional rows; the outputs (ε or v) are mixed as cond + s·(cond − uncond). The prefix's
+        keys/values are read by every step, never recomputed: a step feeds only the N image positions, then
+        crops the cache back to the prefix. Inpainting: `known` (B, N, d) latents and `known_mask` (B, N) bool;
+        before each step the known positions are replaced by the known latents noised to the current time, and
+        set exactly at the end.
         """
+        def denoiser(x_in, t_rows):  # (B', N, d) at times (B',) -> (B', N, d) ε or v, unguided
+            image = self.embed_images(x_in, t_rows) + self.image_grid_embedding()  # (B', N, D)
+            kwargs = self.transformer_kwargs(torch.ones_like(prefix.positions), t_rows)  # every position: image
+            h = self.transformer(image, prefix.mask, prefix.positions, cache=prefix.cache, **kwargs)
+            prefix.cache.crop(prefix.length)  # the next step's image replaces this one; the prefix stays
+            return self.patch_out(h)
+        B = len(prefix.last) // (2 if cfg_scale else 1)
+        return self.denoise(denoiser, B, steps, known, known_mask, cfg_scale, generator, sampler)
+
+    def denoise(self, denoiser, B, steps, known, known_mask, cfg_scale, generator, sampler
+                ) -> tuple[torch.Tensor, int]:
+        """The reverse process (see sample_after) over `denoiser`, one transformer evaluation per step."""
         schedule, S = self.schedule, self.sampling_steps(steps)
         sampler = sampler or schedule.samplers[0]
         if sampler not in schedule.samplers:
             raise ValueError(f"unknown sampler '{sampler}' for --objective {self.cfg.objective}, "
                              f"choose {', '.join(schedule.samplers)}")
-        B, N = len(prompts), self.n_image
+        N, B2 = self.n_image, B * (2 if cfg_scale else 1)
         known, known_mask = self.check_known(known, known_mask, B)
-        batch, mask, P = self.prompt_batch(prompts, cfg_scale)
-        end = P + N  # [EOI] and [EOS] after the image play no part in denoising
-        mask, positions = mask[:, :end, :end], batch.positions[:, :end]
-        prefix = self.text_emb(batch.tokens[:, :P])  # (B', P, D)
-        cache = None
-        if use_cache:
-            cache = KVCache(self.cfg.n_layer)
-            self.transformer(prefix, mask[:, :P, :P], positions[:, :P], cache=cache)
-        grid = self.image_grid_embedding()  # (N, D)
         if known is not None:
             known_mask = known_mask[..., None]  # (B, N, 1)
-
         x = torch.randn((B, N, self.latent_dim), generator=generator, device=generator.device).to(self.device)
         times = schedule.sampling_times(S)
         for t, t_next in zip(times[:-1], times[1:]):
-            t_rows = torch.full((len(batch.tokens),), t, device=self.device)  # (B',) int (DDPM step) or float (flow)
+            t_rows = torch.full((B2,), t, device=self.device)  # (B',) int (DDPM step) or float (flow)
             if known is not None:
                 x_known = schedule.add_noise(known, torch.randn(x.shape, generator=generator,
                                                                 device=generator.device).to(x), t_rows[:B])
                 x = torch.where(known_mask, x_known, x)
             x_in = repeat_for_guidance(x, cfg_scale)  # (B', N, d): cond and uncond see the same image
-            image = self.embed_images(x_in, t_rows) + grid  # (B', N, D)
-            if use_cache:
-                kwargs = self.transformer_kwargs(batch.modality[:, P:end], t_rows)
-                h = self.transformer(image, mask[:, P:end], positions[:, P:end], cache=cache, **kwargs)
-                cache.crop(P)  # the next step's image replaces this one; the caption's keys/values stay
-            else:
-                kwargs = self.transformer_kwargs(batch.modality[:, :end], t_rows)
-                h = self.transformer(torch.cat([prefix, image], 1), mask, positions, **kwargs)[:, P:]
-            out = guided(self.patch_out(h).float(), cfg_scale)  # (B, N, d) ε or v
+            out = guided(denoiser(x_in, t_rows).float(), cfg_scale)  # (B, N, d) ε or v
             x = schedule.step(x, out, t, t_next, generator, sampler)
         if known is not None:
             x = torch.where(known_mask, known, x)
         return x, S
+
+    @torch.no_grad()
+    def sample_images(self, prompts, *, steps=None, known=None, known_mask=None, cfg_scale, generator,
+                      sampler: str | None = None, use_cache: bool = True):
+        """Latents (B, N, d) for prompt ids: `sample_after` on the prompts read once (`prompt_prefix`).
+
+        use_cache=False is the reference the cache must equal: every step re-reads the caption with the image
+        (same latents to float precision, tests/test_diffusion.py).
+        """
+        if use_cache:
+            return self.sample_after(self.prompt_prefix(prompts, cfg_scale), steps=steps, known=known,
+                                     known_mask=known_mask, cfg_scale=cfg_scale, generator=generator, sampler=sampler)
+        self.sampling_steps(steps)  # a bad step count fails before the prompt is packed
+        batch, mask, P = self.prompt_batch(prompts, cfg_scale)
+        end = P + self.n_image  # [EOI] and [EOS] after the image play no part in denoising
+        prefix = self.text_emb(batch.tokens[:, :P])  # (B', P, D)
+
+        def denoiser(x_in, t_rows):
+            image = self.embed_images(x_in, t_rows) + self.image_grid_embedding()  # (B', N, D)
+            kwargs = self.transformer_kwargs(batch.modality[:, :end], t_rows)
+            h = self.transformer(torch.cat([prefix, image], 1), mask[:, :end, :end], batch.positions[:, :end],
+                                 **kwargs)
+            return self.patch_out(h[:, P:])
+        return self.denoise(denoiser, len(prompts), steps, known, known_mask, cfg_scale, generator, sampler)

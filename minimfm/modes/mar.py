@@ -33,7 +33,7 @@ from minimfm.model import MultimodalModel
 from minimfm.modes.sampling import (guided, mask_schedule, masked_counts, most_confident, repeat_for_guidance,
                                     training_mask)
 from minimfm.modes.schedules import TimestepEmbedding, make_schedule
-from minimfm.transformer import KVCache, init_weights
+from minimfm.transformer import init_weights
 
 # Noise draws per hidden token per training step (MAR's diffusion_batch_mul, 4 there). At tiny the head is a
 # quarter of a step's time with 4 draws: 2 trains 18 % faster per step (488 vs 399 ms on 2 cores, one run).
@@ -133,13 +133,14 @@ class MARModel(MultimodalModel):
         out = self.head(self.schedule.add_noise(x0, eps, t), self.schedule.time_input(t), z)
         return F.mse_loss(out.float(), self.schedule.target(x0, eps).float())
 
-    def training_loss(self, captions, latents, t2i, drop, generator):
-        B, N, d = latents.shape
-        hide = training_mask(t2i, N, self.cfg.mask_schedule, generator).to(self.device)  # (B, N)
-        batch = self.pack(captions, t2i, drop)  # dropped captions: same masking, trains the unconditional model
+    def sequence_loss(self, batch, latents, generate, generator):
+        N = latents.shape[1]
+        # a mask ratio per IMAGE; a read image hides none. Dropped captions: same masking (unconditional model)
+        hide = training_mask(generate, N, self.cfg.mask_schedule, generator).to(self.device)  # (M, N), M images
         h = self.hidden(batch, self.embed_images(latents, hide))  # (B, T, D)
-        z = h[batch.image_positions].view(B, N, -1)[hide]  # (M, D): outputs at the hidden positions
-        if z.shape[0] == 0:  # no text-to-image row in this (micro-)batch: no image loss, not NaN
+        # mean over the hidden tokens of all images: an image counts by how many it hides
+        z = self.image_hidden(h, batch.modality)[hide]  # (n_hidden, D): outputs at the hidden positions
+        if z.shape[0] == 0:  # no generated image in this (micro-)batch: no image loss, not NaN
             image_loss = h.sum() * 0.0
         else:
             image_loss = self.head_loss(z, latents[hide], generator)
@@ -160,32 +161,24 @@ class MARModel(MultimodalModel):
             x = self.schedule.step(x, out, t, t_next, generator, self.schedule.samplers[0])
         return x
 
-    def image_outputs(self, tokens: torch.Tensor, hidden: torch.Tensor, batch, full_mask: torch.Tensor,
-                      cache: KVCache) -> torch.Tensor:
-        """One transformer pass over the image (prompt read from the cache): (B', N) -> z (B', N, D)."""
-        P, N = self.layout.prompt_length(), self.n_image
-        x = self.embed_images(tokens, hidden) + self.image_grid_embedding()  # (B', N, D)
-        h = self.transformer(x, full_mask[:, P:P + N, :P + N], batch.positions[:, P:P + N], cache=cache)
-        cache.crop(P)  # the next pass's image differs; the caption's keys/values stay
-        return h
-
     @torch.no_grad()
-    def sample_images(self, prompts, *, steps=None, known=None, known_mask=None, cfg_scale, generator,
-                      head_steps: int | None = None, temperature: float | None = None):
-        """Latents (B, N, d) for prompt ids in T = `steps` transformer passes; NFE = T.
+    def sample_after(self, prefix, *, steps=None, known=None, known_mask=None, cfg_scale, generator,
+                     head_steps: int | None = None, temperature: float | None = None):
+        """Latents (B, N, d) after the prefix's sequences in T = `steps` transformer passes; NFE = T.
 
         `head_steps` (default --diffusion-steps) are the head's denoising steps per revealed token;
-        `temperature` (default --temperature) scales the head's starting noise. Inpainting: `known` (B, N, d)
-        latents where `known_mask` (B, N) is set are visible from the start and never changed. Sets
-        `self.last_order` (B, N): the pass at which each token was revealed, -1 for known ones.
+        `temperature` (default --temperature) scales the head's starting noise. When guiding, the prefix's rows
+        [B:] are the unconditional ones (the null prompt). Inpainting: `known` (B, N, d) latents where
+        `known_mask` (B, N) is set are visible from the start and never changed. Sets `self.last_order` (B, N):
+        the pass at which each token was revealed, -1 for known ones. Each pass feeds only the N image
+        positions after the prefix's cached keys/values and crops the cache back.
         """
         cfg = self.cfg
         T = self.sampling_steps(steps)
         S = cfg.diffusion_steps if head_steps is None else head_steps
         temperature = cfg.temperature if temperature is None else temperature
-        B, N, dev = len(prompts), self.n_image, self.device
+        B, N, dev = len(prefix.last) // (2 if cfg_scale else 1), self.n_image, self.device
         known, known_mask = self.check_known(known, known_mask, B)
-        batch, full_mask, P = self.prompt_batch(prompts, cfg_scale)
 
         hidden = torch.ones(B, N, dtype=torch.bool, device=dev) if known_mask is None else ~known_mask
         tokens = torch.zeros(B, N, self.latent_dim, device=dev) if known is None else known.float().clone()
@@ -193,13 +186,11 @@ class MARModel(MultimodalModel):
         # MAR's random generation order, drawn once: earlier in the order = revealed sooner
         priority = torch.rand(B, N, generator=generator, device=generator.device).to(dev)
         still_hidden = masked_counts(hidden.sum(1), T, cfg.mask_schedule)  # (T, B)
-
-        cache = KVCache(cfg.n_layer)
-        self.transformer(self.text_emb(batch.tokens[:, :P]), full_mask[:, :P, :P], batch.positions[:, :P],
-                         cache=cache)
         for t in range(T):
-            z = self.image_outputs(repeat_for_guidance(tokens, cfg_scale), repeat_for_guidance(hidden, cfg_scale),
-                                   batch, full_mask, cache)  # (B', N, D)
+            x = self.embed_images(repeat_for_guidance(tokens, cfg_scale), repeat_for_guidance(hidden, cfg_scale))
+            z = self.transformer(x + self.image_grid_embedding(), prefix.mask, prefix.positions,
+                                 cache=prefix.cache)  # (B', N, D)
+            prefix.cache.crop(prefix.length)  # the next pass's image differs; the prefix's keys/values stay
             reveal = most_confident(priority, hidden, hidden.sum(1) - still_hidden[t])  # (B, N)
             if reveal.any():
                 z_rows = z[repeat_for_guidance(reveal, cfg_scale)]  # (M', D): cond rows first, then uncond

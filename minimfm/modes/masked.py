@@ -55,21 +55,19 @@ class MaskedModel(MultimodalModel):
     def embed_images(self, codes: torch.Tensor) -> torch.Tensor:
         return self.code_emb(codes)  # (B, N, D); codes may hold mask_code
 
-    def image_hidden(self, h: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, N, D): the outputs at the image positions (every row has exactly N)."""
-        return h[modality == 1].view(h.shape[0], self.n_image, h.shape[-1])
-
     # -------------------------------------------------------------------------------------- training
-    def training_mask(self, t2i: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """(B, N) bool: codes to hide. Text-to-image rows hide max(1, ceil(γ(u)·N)), image-to-text rows none."""
-        return training_mask(t2i, self.n_image, self.cfg.mask_schedule, generator).to(self.device)
+    def training_mask(self, generate: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(M, N) bool: codes to hide, a ratio γ(u) drawn per IMAGE. A generated image hides max(1, ceil(γ(u)·N)),
+        a read one (image-to-text, an edit's source) none."""
+        return training_mask(generate, self.n_image, self.cfg.mask_schedule, generator).to(self.device)
 
-    def training_loss(self, captions, codes, t2i, drop, generator):
-        batch = self.pack(captions, t2i, drop)  # dropped captions: same masking, trains the unconditional model
-        hide = self.training_mask(t2i, generator)  # (B, N)
+    def sequence_loss(self, batch, codes, generate, generator):
+        # dropped captions (training_loss): same masking, trains the unconditional model
+        hide = self.training_mask(generate, generator)  # (M, N)
         h = self.hidden(batch, self.embed_images(codes.masked_fill(hide, self.mask_code)))  # (B, T, D)
         logits = self.code_head(self.image_hidden(h, batch.modality)[hide]).float()  # (n_hidden, K)
-        # mean over hidden codes; a batch with no text-to-image row has none and contributes 0, not NaN
+        # mean over the hidden codes of all images (an image counts by how many it hides, as a row did before);
+        # a batch with no generated image has none and contributes 0, not NaN
         image_loss = F.cross_entropy(logits, codes[hide], reduction="sum") / hide.sum().clamp(min=1)
         return self.combine(self.text_loss(h, batch), image_loss)
 
@@ -92,49 +90,53 @@ class MaskedModel(MultimodalModel):
         return self.code_head(h).float()  # (B', N, K)
 
     @torch.no_grad()
-    def sample_images(self, prompts, *, steps=None, known=None, known_mask=None, cfg_scale, generator,
-                      temperature=None, top_k=None, top_p=None, choice_temperature: float = CHOICE_TEMPERATURE,
-                      use_cache: bool = True):
-        """Codes (B, N) for prompt ids in T = `steps` parallel steps (MaskGIT); NFE = T.
+    def sample_after(self, prefix, *, steps=None, known=None, known_mask=None, cfg_scale, generator,
+                     temperature=None, top_k=None, top_p=None, choice_temperature: float = CHOICE_TEMPERATURE):
+        """Codes (B, N) after the prefix's sequences in T = `steps` parallel steps (MaskGIT); NFE = T.
 
         Each step samples a code at every masked position (temperature, top-k/p), scores it by log p + Gumbel
         noise scaled by choice_temperature·(1 − (t+1)/T), and fixes the most confident ones. The noise lets a
         less likely position win early (diversity) and vanishes by the last step. Guidance is
         cond + s·(cond − uncond) on the logits (`guided`; Show-o's (1+s)·cond − s·uncond is the same), with
-        the unconditional rows (empty caption, learnt via caption dropout) batched with the conditional ones.
-        Written this way so s = 0 is exactly the conditional model (the --cfg-scale convention of every mode);
-        it acts on the logits, so both the sampled code and its confidence come from the guided distribution.
-        With known codes the unconditional rows see them too: guidance pushes towards the caption GIVEN them.
+        the unconditional rows (the prefix's rows [B:], the null prompt learnt via caption dropout) batched with
+        the conditional ones. Written this way so s = 0 is exactly the conditional model (the --cfg-scale
+        convention of every mode); it acts on the logits, so both the sampled code and its confidence come from
+        the guided distribution. With known codes the unconditional rows see them too: guidance pushes towards
+        the caption GIVEN them.
 
         Inpainting / extrapolation: positions with known_mask (B, N) start as the codes in `known` and are never
-        changed; the schedule runs over the unknown positions only. Sets `self.last_order` (B, N): the step at which each
-        code was fixed, -1 for known codes. The prompt's keys/values are computed once (use_cache=False
-        recomputes them every step; same result).
+        changed; the schedule runs over the unknown positions only. Sets `self.last_order` (B, N): the step at
+        which each code was fixed, -1 for known codes. The prefix's keys/values are read by every step, never
+        recomputed: a step feeds only the N image positions, then crops the cache back to the prefix.
         """
+        def image_logits(codes):  # (B', N) -> (B', N, K)
+            x = self.embed_images(codes) + self.image_grid_embedding()  # (B', N, D)
+            h = self.transformer(x, prefix.mask, prefix.positions, cache=prefix.cache)
+            prefix.cache.crop(prefix.length)  # drop this step's image keys: the next step's image differs
+            return self.code_head(h).float()
+        B = len(prefix.last) // (2 if cfg_scale else 1)
+        return self.decode_codes(image_logits, B, steps, known, known_mask, cfg_scale, generator,
+                                 temperature, top_k, top_p, choice_temperature)
+
+    def decode_codes(self, image_logits, B, steps, known, known_mask, cfg_scale, generator, temperature, top_k,
+                     top_p, choice_temperature) -> tuple[torch.Tensor, int]:
+        """The MaskGIT loop (see sample_after) over `image_logits`: (B', N) codes -> (B', N, K), one evaluation."""
         cfg = self.cfg
         T = self.sampling_steps(steps)
         temperature = cfg.temperature if temperature is None else temperature
         top_k = cfg.top_k if top_k is None else top_k
         top_p = cfg.top_p if top_p is None else top_p
-        B, N, dev = len(prompts), self.n_image, self.device
+        N, dev = self.n_image, self.device
         known, known_mask = self.check_known(known, known_mask, B)
-        batch, full_mask, P = self.prompt_batch(prompts, cfg_scale)
-
         masked = torch.ones(B, N, dtype=torch.bool, device=dev) if known_mask is None else ~known_mask
         codes = torch.full((B, N), self.mask_code, dtype=torch.long, device=dev)
         if known is not None:
             codes = torch.where(known_mask, known, codes)
         order = torch.full((B, N), -1, dtype=torch.long, device=dev)
         still_masked = masked_counts(masked.sum(1), T, cfg.mask_schedule)  # (T, B)
-
-        cache = None
-        if use_cache:
-            cache = KVCache(cfg.n_layer)
-            self.transformer(self.text_emb(batch.tokens[:, :P]), full_mask[:, :P, :P], batch.positions[:, :P],
-                             cache=cache)
         for t in range(T):
             both = repeat_for_guidance(codes, cfg_scale)  # the same image for cond and uncond rows
-            logits = guided(self.image_logits(both, batch, full_mask, cache), cfg_scale)  # (B, N, K)
+            logits = guided(image_logits(both), cfg_scale)  # (B, N, K)
             sampled = sample_from_logits(logits.flatten(0, 1), generator, temperature, top_k, top_p).view(B, N)
             log_p = logits.log_softmax(-1).gather(-1, sampled[..., None])[..., 0]  # (B, N)
             confidence = log_p + choice_noise_scale(choice_temperature, t, T) * gumbel_noise((B, N), generator, dev)
@@ -144,3 +146,23 @@ class MaskedModel(MultimodalModel):
             masked = masked & ~fix
         self.last_order = order
         return codes, T
+
+    @torch.no_grad()
+    def sample_images(self, prompts, *, steps=None, known=None, known_mask=None, cfg_scale, generator,
+                      temperature=None, top_k=None, top_p=None, choice_temperature: float = CHOICE_TEMPERATURE,
+                      use_cache: bool = True):
+        """Codes (B, N) for prompt ids: `sample_after` on the prompts read once (`prompt_prefix`).
+
+        use_cache=False is the reference the cache must equal: every step re-reads the prompt with the image
+        (Show-o's way; same codes, tests/test_masked.py; benchmarks/masked_prefix_cache.py measures the cost).
+        """
+        if use_cache:
+            return self.sample_after(self.prompt_prefix(prompts, cfg_scale), steps=steps, known=known,
+                                     known_mask=known_mask, cfg_scale=cfg_scale, generator=generator,
+                                     temperature=temperature, top_k=top_k, top_p=top_p,
+                                     choice_temperature=choice_temperature)
+        self.sampling_steps(steps)  # a bad step count fails before the prompt is packed
+        batch, full_mask, _ = self.prompt_batch(prompts, cfg_scale)
+        return self.decode_codes(lambda codes: self.image_logits(codes, batch, full_mask, None), len(prompts),
+                                 steps, known, known_mask, cfg_scale, generator, temperature, top_k, top_p,
+                                 choice_temperature)

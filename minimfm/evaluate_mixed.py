@@ -1,0 +1,181 @@
+"""Scoring mixed-modal generation: interleaved sequences and instruction edits (issue #15's acceptance figures).
+
+Interleaved (Chameleon's mixed-modal generation, Show-o's mixed-modality tasks): each test sequence comes from a
+template with exact answers (minimfm/interleaved.py), and the model does in it what training asked of it
+(mixed_data.GENERATED): it DRAWS the images the text before them asks for ("then": both, "next": the second) and
+WRITES the texts that describe an image it has just read ("next": "this is a three, ...", "captions": both
+captions); the rest is given, teacher-forced. Two figures:
+
+    image accuracy      per drawn image: the judge reads the digit the sequence named (seg.label)
+    text consistency    per written text: the one digit it names (evaluate.caption_class) is the digit of the
+                        image just before it (its label when it was given, the judge's reading when drawn)
+
+Editing (Transfusion §4.3): for exact triples from the test split (minimfm/edits.py), the model draws the
+target after `[BOS] [BOI] source [EOI] instruction [BOI]` (generate.edit_prompt). Per instruction and overall:
+
+    identity kept       the judge reads the output as the source's digit
+    moved               the asked measure moved the asked way by MIN_CHANGE (edits.edit_effect)
+    mse                 pixel MSE to the exact target
+
+each beside the same figures for "copy the source", the baseline an editor must beat: it keeps identity as
+well as the judge reads sources, moves nothing (0 by construction) and has the MSE of doing nothing.
+
+The scoring functions are pure (outputs in, figures out; tests/test_evaluate_mixed.py feeds them made-up
+outputs); `evaluate_interleaved` and `evaluate_edits` run a model to produce those outputs.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from minimfm.edits import build_edits, edit_effect
+from minimfm.evaluate import caption_class
+from minimfm.generate import Context, edit_prompt, generate
+from minimfm.interleaved import TEMPLATES, build_interleaved, mixed_vocabulary
+from minimfm.tokenizers.text import SPECIAL_TOKENS
+
+WRITTEN_MAX = 16  # words a written text may take before it is cut (a caption is at most ~10)
+DRAWN = {"then": (True, True), "next": (False, True), "captions": (False, False)}  # = mixed_data.GENERATED
+
+
+# -------------------------------------------------------------------------------------------- scoring
+def _rate(hits: list[bool]) -> float | None:
+    return sum(hits) / len(hits) if hits else None
+
+
+def score_interleaved(records: list[dict]) -> dict:
+    """Records, one per sequence: {"template", "images": [(named digit, judged digit) per drawn image],
+    "texts": [(written text, digit of the image before it) per written text]} -> overall and per-template
+    image accuracy and text consistency (None where a template has none), with their counts."""
+    images, texts = defaultdict(list), defaultdict(list)
+    for r in records:
+        for named, judged in r["images"]:
+            images[r["template"]].append(named == judged)
+        for text, digit in r["texts"]:
+            texts[r["template"]].append(caption_class(text, "mnist") == digit)
+    out = {"n_sequences": len(records),
+           "image_accuracy": _rate(sum(images.values(), [])), "n_images": sum(map(len, images.values())),
+           "text_consistency": _rate(sum(texts.values(), [])), "n_texts": sum(map(len, texts.values()))}
+    for t in sorted(set(images) | set(texts)):
+        out[f"image_accuracy_{t}"] = _rate(images[t])
+        out[f"text_consistency_{t}"] = _rate(texts[t])
+    return out
+
+
+def score_edits(sources: torch.Tensor, targets: torch.Tensor, outputs: torch.Tensor, instructions: list[str],
+                labels: torch.Tensor, judged: torch.Tensor) -> dict:
+    """Images [M, 1, H, W] in [0, 1] (outputs: what the editor made), the instruction and digit of each, and the
+    judge's reading of each output [M] -> identity kept, moved, mse: overall and per instruction."""
+    if not (len(sources) == len(targets) == len(outputs) == len(instructions) == len(labels) == len(judged)):
+        raise ValueError("score_edits: sources, targets, outputs, instructions, labels and judged differ in length")
+    kept = (judged.cpu() == labels.cpu()).float()  # (M,)
+    mse = (outputs.float().cpu() - targets.float().cpu()).pow(2).flatten(1).mean(1)  # (M,)
+    moved = torch.zeros(len(sources))
+    for ins in dict.fromkeys(instructions):
+        rows = torch.tensor([i == ins for i in instructions])
+        moved[rows] = edit_effect(sources[rows].cpu(), outputs[rows].cpu(), ins)["moved"].float()
+    out = {"n_edits": len(sources), "identity_kept": float(kept.mean()), "moved": float(moved.mean()),
+           "mse": float(mse.mean())}
+    for ins in dict.fromkeys(instructions):
+        rows = torch.tensor([i == ins for i in instructions])
+        out[ins] = {"n": int(rows.sum()), "identity_kept": float(kept[rows].mean()),
+                    "moved": float(moved[rows].mean()), "mse": float(mse[rows].mean())}
+    return out
+
+
+def score_edits_with_baseline(sources, targets, outputs, instructions, labels, judge) -> dict:
+    """score_edits for the model's outputs and for "copy the source", the judge run here on both."""
+    with torch.no_grad():
+        device = next(judge.parameters()).device
+        read = lambda x: judge(x.to(device)).argmax(-1).cpu()  # noqa: E731 (a local one-liner)
+        return {"model": score_edits(sources, targets, outputs, instructions, labels, read(outputs)),
+                "copy_source": score_edits(sources, targets, sources, instructions, labels, read(sources))}
+
+
+# -------------------------------------------------------------------------------------------- running
+def check_vocabulary(model) -> None:
+    """A model must read the template and instruction words (a caption-only checkpoint does not)."""
+    lacks = [w for w in mixed_vocabulary("mnist") if w not in model.tok.index]
+    if lacks:
+        raise ValueError(f"this {model.mode} model's vocabulary lacks '{lacks[0]}': it was not trained on "
+                         f"interleaved sequences or edits (train --init-from CKPT --tasks caption,interleaved,edit)")
+
+
+def _write(ctx, max_words: int) -> list[int]:
+    """Greedy words after the last position fed, until the model asks for [BOI] or [EOS] (not fed: the caller
+    teacher-forces what comes next) or max_words; each chosen word is fed."""
+    tok, words = ctx.tok, []
+    specials = [tok.index[w] for w in SPECIAL_TOKENS if tok.index[w] not in (tok.boi_id, tok.eos_id)]
+    while len(words) < max_words:
+        logits = ctx.logits()
+        logits[specials] = float("-inf")
+        choice = int(logits.argmax())
+        if choice in (tok.boi_id, tok.eos_id):
+            break
+        words.append(choice)
+        ctx.feed_text([choice])
+    return words
+
+
+@torch.no_grad()
+def run_interleaved(model, judge, sample, *, cfg_scale=None, steps=None, seed=0) -> tuple[dict, list]:
+    """One template sequence through the model: (its record for score_interleaved, its images in order as
+    pictures [1, H, W]: the given ones and the drawn ones)."""
+    tok, drawn = model.tok, iter(DRAWN[sample.template])
+    ctx = Context(model, cfg_scale=cfg_scale, steps=steps, generator=torch.Generator(model.device).manual_seed(seed))
+    task = [] if not model.task_tokens else [tok.t2i_id if any(DRAWN[sample.template]) else tok.mmu_id]
+    pending, record, pictures, previous = task + [tok.bos_id], {"template": sample.template, "images": [],
+                                                                   "texts": []}, [], None
+    for seg in sample.segments:
+        if seg.kind == "image":
+            ctx.feed_text(pending + [tok.boi_id])
+            if next(drawn):
+                rep = ctx.draw()
+                picture = model.decode_images(rep[None]).cpu()  # (1, C, H, W)
+                previous = int(judge(picture.to(model.device)).argmax(-1))
+                record["images"].append((seg.label, previous))
+            else:
+                picture = seg.image[None].float()
+                rep = model.encode_images(picture)[0]
+                previous = seg.label
+            ctx.feed_image(rep)
+            pictures.append(picture[0])
+            pending = [tok.eoi_id]
+        elif previous is not None and sample.template in ("next", "captions"):  # describes the image just read
+            ctx.feed_text(pending)
+            record["texts"].append((tok.decode(_write(ctx, WRITTEN_MAX)), previous))
+            pending = []
+        else:
+            pending += tok.encode(seg.text)
+    return record, pictures
+
+
+@torch.no_grad()
+def evaluate_interleaved(model, judge, images: torch.Tensor, labels: torch.Tensor, n: int, *, seed: int = 0,
+                         cfg_scale=None, steps=None, templates=TEMPLATES) -> dict:
+    """n template sequences from (test) images [M, 1, H, W] and labels [M] through the model, scored."""
+    check_vocabulary(model)
+    samples = build_interleaved(images, labels, n, seed=seed, templates=templates, caption_seed=model.cfg.seed)
+    judge = judge.to(model.device).eval()
+    records = [run_interleaved(model, judge, s, cfg_scale=cfg_scale, steps=steps, seed=seed + i)[0]
+               for i, s in enumerate(samples)]
+    return score_interleaved(records)
+
+
+@torch.no_grad()
+def evaluate_edits(model, judge, images: torch.Tensor, labels: torch.Tensor, n: int, *, seed: int = 0,
+                   cfg_scale=None, steps=None) -> dict:
+    """n exact edit triples from (test) images through the model, scored beside the copy-the-source baseline."""
+    check_vocabulary(model)
+    triples = build_edits(images, labels, n, seed=seed)
+    outputs = []
+    for i, t in enumerate(triples):
+        source = model.encode_images(t.source[None])[0]
+        g = generate(model, edit_prompt(model, model.tok.encode(t.instruction)), [source], max_tokens=0,
+                     cfg_scale=cfg_scale, steps=steps, seed=seed + i)
+        outputs.append(model.decode_images(g.images[-1][None]).cpu())
+    sources = torch.stack([t.source for t in triples])
+    targets = torch.stack([t.target for t in triples])
+    return score_edits_with_baseline(sources, targets, torch.cat(outputs), [t.instruction for t in triples],
+                                     torch.tensor([t.label for t in triples]), judge.eval())

@@ -77,6 +77,14 @@ def run_name(text: str) -> str:
 SEED = whole(0, 2**31 - 1)
 
 
+def add_sampling_flags(p: argparse.ArgumentParser, steps_help: str) -> None:
+    """The flags every command that samples from a checkpoint shares (sample, generate, edit)."""
+    p.add_argument("--cfg-scale", type=number(0), default=None, help="override the run's guidance scale (>= 0)")
+    p.add_argument("--steps", type=whole(1, MAX_SAMPLING_STEPS), default=None, help=steps_help)
+    p.add_argument("--seed", type=SEED, default=0, help="sampling seed")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m minimfm",
                            description="One transformer that reads and writes text and images "
@@ -148,10 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f".pt file (made in batches of {CHUNK}, with a progress bar)")
     p.add_argument("--out", required=True, help="OUT.png writes a captioned grid; OUT.pt the image tensor "
                                                 "(never over the checkpoint or another input)")
-    p.add_argument("--cfg-scale", type=number(0), default=None, help="override the run's guidance scale (>= 0)")
-    p.add_argument("--steps", type=whole(1, MAX_SAMPLING_STEPS), default=None, help=steps_help)
-    p.add_argument("--seed", type=SEED, default=0, help="sampling seed")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
+    add_sampling_flags(p, steps_help)
 
     p = sub.add_parser("caption", help="caption images with a trained model")
     p.add_argument("--ckpt", required=True, help="RUN/ckpt.pt")
@@ -172,10 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"sequences, seeds --seed, --seed + 1, ... (1 to {MAX_SEQUENCES})")
     p.add_argument("--max-tokens", type=whole(0, 256), default=48, help="text tokens the model may choose (0 to 256)")
     p.add_argument("--max-images", type=whole(0, 16), default=4, help="images it may draw (0 to 16)")
-    p.add_argument("--cfg-scale", type=number(0), default=None, help="override the run's guidance scale (>= 0)")
-    p.add_argument("--steps", type=whole(1, MAX_SAMPLING_STEPS), default=None, help=steps_help)
-    p.add_argument("--seed", type=SEED, default=0, help="sampling seed")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
+    add_sampling_flags(p, steps_help)
 
     p = sub.add_parser("edit", help="edit an image by instruction ('make it bolder'): needs a model fine-tuned "
                                     "on edits (train --init-from CKPT --tasks caption,edit)")
@@ -185,10 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction", required=True, help="e.g. 'make it bolder', 'move it left', 'lean it right'")
     p.add_argument("--out", required=True, help="OUT.png (one image, a plain grey PNG) or OUT.pt (never over the "
                                                 "checkpoint or the input)")
-    p.add_argument("--cfg-scale", type=number(0), default=None, help="override the run's guidance scale (>= 0)")
-    p.add_argument("--steps", type=whole(1, MAX_SAMPLING_STEPS), default=None, help=steps_help)
-    p.add_argument("--seed", type=SEED, default=0, help="sampling seed")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
+    add_sampling_flags(p, steps_help)
 
     p = sub.add_parser("evaluate", help="judge a trained model: prompted accuracy, captions, Fréchet distance")
     p.add_argument("--ckpt", required=True, help="RUN/ckpt.pt")
@@ -200,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generated images, 1 to 10,000 (MNIST: 8,920, a class-balanced draw of its test split; "
                         "default: the run's eval_samples)")
     p.add_argument("--seed", type=SEED, default=0, help="sampling seed")
+    p.add_argument("--mixed", type=whole(1, 10_000), default=None,
+                   help="also score N interleaved sequences and N edit triples from the test split (runs trained "
+                        "with --tasks interleaved / edit)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
     return parser
 

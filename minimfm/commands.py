@@ -324,12 +324,21 @@ def evaluate(args) -> int:
     from minimfm.tokenizers.store import get_tokenizer
     out = check_output(args.out, (".json",), inputs=(args.ckpt,)) if args.out else None
     model = load_model(args.ckpt, args.device)
+    if args.mixed:
+        from minimfm.evaluate_mixed import evaluate_mixed_tasks, format_mixed, mixed_tasks
+        mixed_tasks(model, args.ckpt)  # refuse before minutes of evaluation, not after
     judge = get_tokenizer(model.cfg, "judge")
     n = model.cfg.eval_samples if args.n is None else args.n
     results = run_evaluation(model, judge, n_samples=n, n_captions=min(n, model.cfg.eval_captions),
                              cfg_scale=args.cfg_scale, steps=args.steps, seed=args.seed)
     results["ckpt"] = str(args.ckpt)
-    _report(format_results(results), results, out)
+    text = format_results(results)
+    if args.mixed:
+        mixed = evaluate_mixed_tasks(model, judge, args.mixed, ckpt=args.ckpt, seed=args.seed,
+                                     cfg_scale=args.cfg_scale, steps=args.steps)
+        results.update(mixed)
+        text += "\n" + format_mixed(mixed)
+    _report(text, results, out)
     return 0
 
 

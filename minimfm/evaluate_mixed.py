@@ -29,6 +29,8 @@ from collections import defaultdict
 
 import torch
 
+from minimfm.config import ConfigError, parse_tasks, shorten
+from minimfm.data import load_images
 from minimfm.edits import build_edits, edit_effect
 from minimfm.evaluate import caption_class
 from minimfm.generate import Context, edit_prompt, generate
@@ -179,3 +181,46 @@ def evaluate_edits(model, judge, images: torch.Tensor, labels: torch.Tensor, n: 
     targets = torch.stack([t.target for t in triples])
     return score_edits_with_baseline(sources, targets, torch.cat(outputs), [t.instruction for t in triples],
                                      torch.tensor([t.label for t in triples]), judge.eval())
+
+
+# -------------------------------------------------------------------------------------------- `evaluate --mixed`
+def mixed_tasks(model, ckpt) -> tuple[str, ...]:
+    tasks = parse_tasks(model.cfg.tasks, model.cfg.dataset)
+    if tasks == ("caption",):
+        raise ConfigError(f"--mixed: {shorten(str(ckpt))} was trained on captions only (--tasks caption); train "
+                          f"with --tasks caption,interleaved,edit or --init-from it to score mixed sequences")
+    return tasks
+
+
+def evaluate_mixed_tasks(model, judge, n: int, *, ckpt, seed: int = 0, cfg_scale=None, steps=None) -> dict:
+    """`evaluate --mixed N`: N interleaved sequences and N edit triples from the test split, for the tasks the
+    run trained (an edit-only fine-tune is not scored on interleaved templates it never saw)."""
+    tasks = mixed_tasks(model, ckpt)
+    images, labels = load_images(model.cfg.dataset, "test", model.cfg.data_root)
+    out = {}
+    if "interleaved" in tasks:
+        out["interleaved"] = evaluate_interleaved(model, judge, images, labels, n, seed=seed,
+                                                  cfg_scale=cfg_scale, steps=steps)
+    if "edit" in tasks:
+        out["edits"] = evaluate_edits(model, judge, images, labels, n, seed=seed, cfg_scale=cfg_scale,
+                                      steps=steps)
+    return out
+
+
+def format_mixed(mixed: dict) -> str:
+    lines = []
+    if "interleaved" in mixed:
+        r = mixed["interleaved"]
+        lines.append(f"  interleaved: {r['n_sequences']} sequences, image accuracy {r['image_accuracy']:.3f} "
+                     f"({r['n_images']} drawn images), text consistency {r['text_consistency']:.3f} "
+                     f"({r['n_texts']} written texts)")
+    if "edits" in mixed:
+        m, c = mixed["edits"]["model"], mixed["edits"]["copy_source"]
+        lines.append(f"  edits: {m['n_edits']} triples, identity kept {m['identity_kept']:.3f} (copy "
+                     f"{c['identity_kept']:.3f}), moved as asked {m['moved']:.3f} (copy {c['moved']:.3f}), MSE to "
+                     f"target {m['mse']:.4f} (copy {c['mse']:.4f})")
+        for ins, r in m.items():
+            if isinstance(r, dict):
+                lines.append(f"    {ins:<36} n {r['n']:>3}  kept {r['identity_kept']:.2f}  moved {r['moved']:.2f}"
+                             f"  mse {r['mse']:.4f} (copy {c[ins]['mse']:.4f})")
+    return "\n".join(lines)

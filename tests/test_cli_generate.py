@@ -96,6 +96,10 @@ CASES = [
     ("edit: --out its checkpoint", lambda w: edit(w, out=w.edit), "is also this command's input"),
     ("edit: --out another checkpoint", lambda w: edit(w, out=w.base), "is a minimfm checkpoint"),
     ("edit: --out .jpg", lambda w: edit(w, out=w.root / "y.jpg"), "--out must end in .png or .pt"),
+    ("evaluate --mixed on a caption-only run",
+     lambda w: ["evaluate", "--ckpt", w.base, "--mixed", "4", "--out", w.root / "e.json"],
+     "--mixed: .* was trained on captions only \\(--tasks caption\\)"),
+    ("evaluate --mixed 0", lambda w: ["evaluate", "--ckpt", w.base, "--mixed", "0"], "--mixed"),
 ]
 
 
@@ -133,3 +137,19 @@ def test_edit_writes_a_png_that_edit_reads_back(world, capsys, tmp_path):
     assert rc == 0, err
     blob = torch.load(tmp_path / "three-edited.pt", weights_only=True)
     assert blob["images"].shape == blob["sources"].shape == (3, 1, 28, 28)
+
+
+def test_evaluate_mixed_scores_edits_beside_the_copy_baseline(world, capsys, tmp_path):
+    runs = world.root / "runs"
+    assert main(["train", *SMOKE, "--runs-dir", str(runs), "--mode", "ar", "--max-steps", "2", "--tasks",
+                 "caption,edit", "--task-examples", "40", "--run-name", "mnist-ar-edit-trained"]) == 0
+    out = tmp_path / "mixed.json"
+    rc, stdout, err = run(capsys, "evaluate", "--ckpt", runs / "mnist-ar-edit-trained" / "ckpt.pt", "--n", "4",
+                          "--mixed", "5", "--out", out)
+    assert rc == 0 and not error_lines(err), err
+    import json
+    edits = json.loads(out.read_text())["edits"]
+    assert "interleaved" not in json.loads(out.read_text())  # not a task this run trained
+    assert edits["model"]["n_edits"] == edits["copy_source"]["n_edits"] == 5
+    assert edits["copy_source"]["moved"] == 0.0  # copying moves nothing, by construction
+    assert "edits: 5 triples" in stdout

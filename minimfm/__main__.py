@@ -1,4 +1,4 @@
-"""`python -m minimfm <command>`: train, sample, generate, edit, caption, evaluate, compare, claims, bench,
+"""`python -m minimfm <command>`: train, sample, generate, edit, caption, evaluate, compare, tune, claims, bench,
 tokenizer, course.
 
 Every error a user can cause (bad flag, missing dataset, wrong checkpoint, unknown prompt word, a file that is
@@ -74,6 +74,15 @@ def run_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e).removeprefix("name: ")) from None
 
 
+def claim_selection(text: str) -> tuple[str, ...]:
+    """argparse type: --claims a,b,j (see claims.parse_claims)."""
+    from minimfm.claims import parse_claims
+    try:
+        return parse_claims(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--claims: ")) from None
+
+
 SEED = whole(0, 2**31 - 1)
 
 
@@ -111,11 +120,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-n", type=whole(1, 10_000), default=None,
                    help="images per point of the quality-vs-compute curve, the step sweep and the CFG check: one "
                         "number for every point, so Fréchet distances compare (default: --eval-samples)")
+    p.add_argument("--recipes", default=None, metavar="FILE_OR_DIR",
+                   help="a `tune` best.json, or a folder of them (e.g. runs): adds each mode's tuned row beside its "
+                        "default row, and the papers' variants (diffusion-ddpm), all at the same budget")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier comparison of the same name")
 
-    p = sub.add_parser("claims", help="small controlled runs that test five claims of the papers")
+    p = sub.add_parser("tune", help="choose one mode's recipe on a validation split: K short trials, the same "
+                                    "budget for every mode (minimfm/tuning.py)")
+    add_config_flags(p, skip=("run_name",))
+    p.add_argument("--trials", type=whole(1, 500), default=8,
+                   help="trials: the default recipe, then a seeded random draw of the mode's space (default 8)")
+    p.add_argument("--trial-steps", type=whole(1), default=None,
+                   help="training FLOPs of every trial, as steps of the ar model (default: --max-steps // 3)")
+    p.add_argument("--name", type=run_name, default=None,
+                   help="folder under --runs-dir (default: tune-<dataset>-<preset>-<mode>)")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier search of the same name")
+
+    p = sub.add_parser("claims", help="small controlled runs, with seeds, that test claims of the papers (a-j)")
     add_config_flags(p, skip=("mode", "run_name"))
-    p.add_argument("--claim-steps", type=whole(1), default=600, help="training steps of each claim run")
+    p.add_argument("--claim-steps", type=whole(1), default=600,
+                   help="training steps of each diffusion claim run (other modes: the same training FLOPs)")
+    p.add_argument("--claim-seeds", type=whole(1, 100), default=None,
+                   help="seeds per claim run (--seed, --seed + 1, ...): means ± 95 %% interval, a paired t-test "
+                        "over seeds decides 'beyond noise' (default 3; smoke: 1)")
+    p.add_argument("--claims", type=claim_selection, default=None,
+                   help="comma-separated subset to run, e.g. a,b,j (default: all of a-j; each run costs minutes)")
     p.add_argument("--compare-name", type=run_name, default=None,
                    help="comparison folder whose step sweep and CFG check feed claims c and d "
                         "(default: compare-<dataset>-<preset>)")

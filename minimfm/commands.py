@@ -357,17 +357,31 @@ def compare(args) -> int:
     cfg = config_from_args(args)
     check_folders(cfg)
     out = run_comparison(cfg, name=args.name, budget_flops=args.budget_flops, budget_minutes=args.budget_minutes,
-                         seeds=args.seeds, sweep_n=args.sweep_n, overwrite=args.overwrite)
+                         seeds=args.seeds, sweep_n=args.sweep_n, recipes=args.recipes, overwrite=args.overwrite)
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.json, results.md, quality_vs_steps.png, quality_vs_compute.png, samples.png")
     return 0
 
 
-def claims(args) -> int:
-    from minimfm.claims import run_claims
+def tune(args) -> int:
+    from minimfm.modes import MODE_NAMES
+    from minimfm.tuning import tune as run_tuning
+    if args.mode is None:  # a search is per mode: falling back to the default (ar) would be a surprise
+        raise ConfigError(f"--mode: tune searches one mode's recipe; give --mode {' or '.join(MODE_NAMES)}")
     cfg = config_from_args(args)
     check_folders(cfg)
-    out = run_claims(cfg, steps=args.claim_steps, n=args.n, compare_name=args.compare_name)
+    out = run_tuning(cfg, trials=args.trials, trial_steps=args.trial_steps, name=args.name, overwrite=args.overwrite)
+    print((out / "best.md").read_text())
+    print(f"wrote {out}/best.json and best.md; next: python -m minimfm compare --recipes {out.parent}")
+    return 0
+
+
+def claims(args) -> int:
+    from minimfm.claims_runs import run_claims
+    cfg = config_from_args(args)
+    check_folders(cfg)
+    out = run_claims(cfg, steps=args.claim_steps, n=args.n, compare_name=args.compare_name, seeds=args.claim_seeds,
+                     claims=args.claims)
     print((out / "claims.md").read_text())
     print(f"wrote {out}/claims.json and claims.md")
     return 0

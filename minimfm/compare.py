@@ -24,10 +24,14 @@ Per (mode, seed) the folder `runs/<name>/<mode>/seed<s>/` holds an ordinary trai
 (`evaluations.json`, one entry per evaluation, written as each finishes); `results.json` gains the seed only when
 all of them are done: an interrupted comparison resumes from the last checkpoint of the unfinished (mode, seed)
 and never retrains or re-evaluates a finished one.
+
+Each mode at its default recipe is one row; `--recipes` adds each mode's tuned recipe (`tune`, minimfm/tuning.py)
+and the papers' own (Transfusion's DDPM objective) as further rows at the same budget (minimfm/compare_rows.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from pathlib import Path
@@ -35,6 +39,8 @@ from pathlib import Path
 import torch
 
 from minimfm.checkpoint import CheckpointError, load_checkpoint, write_text_atomic
+from minimfm.compare_rows import (Row, all_rows, check_rows, comparison_rows, entries, kept_default, merge_plan,
+                                  pairs, read_recipes, recipe_notes, row_config, same_setting)
 from minimfm.config import Config
 from minimfm.flops import matmul_parameters, step_flops  # noqa: F401  (re-exported for notebooks and tests)
 from minimfm.modes import MODE_NAMES, REGISTRY
@@ -88,26 +94,28 @@ def seed_folder(out: Path, mode: str, seed: int) -> Path:
     return Path(out) / mode / f"seed{seed}"
 
 
-def mode_config(base: Config, mode: str, name: str, steps: int, seed: int) -> Config:
-    return dataclasses.replace(base, mode=mode, run_name=f"{name}/{mode}/seed{seed}", seed=seed, max_steps=steps,
-                               sample_every=0, ckpt_every=max(1, steps))
+def mode_config(base: Config, mode: str, name: str, steps: int, seed: int, row: str | None = None) -> Config:
+    """The run of one (row, seed); a mode's default row is the mode itself (minimfm/compare_rows.py)."""
+    return dataclasses.replace(base, mode=mode, run_name=f"{name}/{row or mode}/seed{seed}", seed=seed,
+                               max_steps=steps, sample_every=0, ckpt_every=max(1, steps))
 
 
 # ------------------------------------------------------------------------------------------------ the run
 
-def plan(base: Config, budget_flops: float | None, budget_minutes: float | None, verbose: bool = True) -> dict:
-    """Steps and FLOPs per mode for the requested budget (default: the preset's max_steps of the ar mode)."""
+def plan(base: Config, budget_flops: float | None, budget_minutes: float | None, verbose: bool = True,
+         rows: list[Row] = ()) -> dict:
+    """Steps and FLOPs per mode (and per extra row) for the requested budget (default: the preset's max_steps
+    of the ar mode): every row spends the same budget at its own cost per step."""
     from minimfm.runs import build_model, image_tokenizer_for
     if budget_flops is not None and budget_minutes is not None:
         raise ValueError("give --budget-flops or --budget-minutes, not both")
-    flops = {}
-    for mode in MODES:
-        cfg = dataclasses.replace(base, mode=mode)
-        flops[mode] = step_flops(build_model(cfg, image_tokenizer_for(cfg, verbose)[0]), cfg.batch_size)
+    configs = {mode: dataclasses.replace(base, mode=mode) for mode in MODES}
+    configs.update({row.name: row_config(base, row) for row in rows if row.name not in configs})
+    flops = {key: step_flops(build_model(cfg, image_tokenizer_for(cfg, verbose)[0]), cfg.batch_size)
+             for key, cfg in configs.items()}
     if budget_minutes is not None:
         from minimfm.bench import time_training_step  # the bench's timing: speed does not depend on the data
-        speed = {mode: time_training_step(dataclasses.replace(base, mode=mode), steps=8, warmup=1)[1]
-                 for mode in MODES}
+        speed = {key: time_training_step(cfg, steps=8, warmup=1)[1] for key, cfg in configs.items()}
         steps = steps_for_minutes(speed, budget_minutes)
         kind = f"{budget_minutes:g} minutes per mode"
     else:
@@ -115,7 +123,7 @@ def plan(base: Config, budget_flops: float | None, budget_minutes: float | None,
         steps = steps_for_budget(flops, budget_flops)
         kind = f"{budget_flops:.3g} training FLOPs per mode"
     return {"budget": kind, "steps": steps, "flops_per_step": flops,
-            "flops": {m: steps[m] * flops[m] for m in MODES}}
+            "flops": {m: steps[m] * flops[m] for m in flops}}
 
 
 def evaluate_checkpoint(path: Path, judge, n: int, n_captions: int, **kwargs) -> dict:
@@ -132,16 +140,17 @@ def judge_device(judge) -> torch.device:
 
 
 def run_mode(base: Config, mode: str, name: str, steps: int, flops_per_step: float, judge, *, seed: int,
-             sweep_n: int, curve_points: int, sweep_steps: dict, verbose: bool) -> dict:
-    """One (mode, seed): train in `curve_points` resumable segments, evaluating after each on `sweep_n` images;
-    then, on the final checkpoint, the table's evaluation, the step sweep and the guidance check.
+             sweep_n: int, curve_points: int, sweep_steps: dict, verbose: bool, row: str | None = None) -> dict:
+    """One (mode, seed), or one (row, seed) of another recipe of the mode (base carries it): train in `curve_points`
+    resumable segments, evaluating after each on `sweep_n` images; then, on the final checkpoint, the table's
+    evaluation, the step sweep and the guidance check.
 
     Every evaluation samples with the run's seed and is kept in evaluations.json as soon as it is done. The last
     curve point is also the sweep point at the default steps and the guidance check's "with" side (the same
     images), and the table's evaluation too when sweep_n is the table's --eval-samples.
     """
     from minimfm.train import train
-    cfg = mode_config(base, mode, name, steps, seed)
+    cfg = mode_config(base, mode, name, steps, seed, row)
     run = Path(cfg.runs_dir) / cfg.name
     done_file = run / "evaluations.json"
     done = json.loads(done_file.read_text()) if done_file.is_file() else {}
@@ -224,32 +233,36 @@ def aggregate(per_seed: dict[str, dict]) -> dict:
             "per_seed": {str(r["seed"]): r for r in results}}
 
 
-def paired_differences(modes: dict) -> list[dict]:
-    """For every two modes a, b and every PAIRED_METRICS metric: a paired t-test of a - b over their common seeds."""
-    rows, names = [], list(modes)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            seeds = [s for s in modes[a]["per_seed"] if s in modes[b]["per_seed"]]
-            for metric in PAIRED_METRICS:
-                va = [modes[a]["per_seed"][s].get(metric) for s in seeds]
-                vb = [modes[b]["per_seed"][s].get(metric) for s in seeds]
-                if seeds and all(_number(v) for v in va + vb):
-                    rows.append({"metric": metric, "a": a, "b": b, "seeds": [int(s) for s in seeds],
-                                 **paired_test(va, vb)})
+def paired_differences(modes: dict, which: list[tuple[str, str]] | None = None) -> list[dict]:
+    """For every two modes a, b (or the pairs of rows `which`) and every PAIRED_METRICS metric: a paired t-test of
+    a - b over their common seeds."""
+    rows = []
+    which = itertools.combinations(modes, 2) if which is None else [p for p in which if set(p) <= modes.keys()]
+    for a, b in which:
+        seeds = [s for s in modes[a]["per_seed"] if s in modes[b]["per_seed"]]
+        for metric in PAIRED_METRICS:
+            va = [modes[a]["per_seed"][s].get(metric) for s in seeds]
+            vb = [modes[b]["per_seed"][s].get(metric) for s in seeds]
+            if seeds and all(_number(v) for v in va + vb):
+                rows.append({"metric": metric, "a": a, "b": b, "seeds": [int(s) for s in seeds],
+                             **paired_test(va, vb)})
     return rows
 
 
 def compare(base: Config, *, name: str | None = None, budget_flops: float | None = None,
             budget_minutes: float | None = None, modes: tuple[str, ...] = MODES, seeds: int | None = None,
             sweep_n: int | None = None, curve_points: int = CURVE_POINTS, sweep_steps: dict | None = None,
-            overwrite: bool = False, verbose: bool = True) -> Path:
+            recipes: str | Path | None = None, overwrite: bool = False, verbose: bool = True) -> Path:
     """Train and evaluate `modes` under one budget, `seeds` seeds each (default SEEDS / DEFAULT_SEEDS), every curve
     and sweep point on `sweep_n` images (default base.eval_samples); writes results.json, results.md and figures.
-    Resumable per mode and seed; asking for more seeds later adds them to the finished ones."""
+    `recipes` (a `tune` best.json or a folder of them) adds each mode's tuned row and the papers' variants
+    (minimfm/compare_rows.py). Resumable per row and seed; asking for more seeds or rows later adds them."""
     from minimfm.tokenizers.store import get_tokenizer
     from minimfm.runs import select_device
     if base.threads:
         torch.set_num_threads(base.threads)
+    tuned = read_recipes(recipes, base) if recipes is not None else None
+    rows = comparison_rows(base, modes, tuned)
     seeds = seed_list(base.seed, SEEDS.get(base.preset, DEFAULT_SEEDS) if seeds is None else seeds)
     sweep_n = base.eval_samples if sweep_n is None else sweep_n
     if sweep_n < 1:
@@ -263,34 +276,41 @@ def compare(base: Config, *, name: str | None = None, budget_flops: float | None
     out.mkdir(parents=True, exist_ok=True)
     setting = {k: v for k, v in base.to_dict().items()
                if k not in ("mode", "run_name", "threads", "device", "runs_dir", "data_root")}
-    budget = plan(base, budget_flops, budget_minutes, verbose)
+    budget = plan(base, budget_flops, budget_minutes, verbose, rows)
     state = json.loads(results_path.read_text()) if results_path.is_file() else {}
     if state and "seeds" not in state:
         raise CheckpointError(f"{out} holds a one-seed comparison from before --seeds (its curves mix image counts): "
                               f"pass --overwrite to start again, or --name to keep both")
-    if state and (state["setting"] != setting or state["plan"]["steps"] != budget["steps"]
-                  or state["sweep_n"] != sweep_n):
+    check_rows(state, rows, out)
+    if state and (not same_setting(state["setting"], setting) or state["sweep_n"] != sweep_n
+                  or not merge_plan(state["plan"], budget)):
         raise CheckpointError(f"{out} holds a comparison with other settings, budget or --sweep-n: pass --overwrite "
                               f"to start again, or --name to keep both")
     state = state or {"setting": setting, "plan": budget, "sweep_n": sweep_n, "seeds": [], "modes": {},
                       "started": time.strftime("%Y-%m-%d %H:%M")}
     state["seeds"] = sorted(set(state["seeds"]) | set(seeds))
+    if tuned is not None:
+        state.setdefault("recipes", {}).update({m: {**r, "kept_default": kept_default(base, r["overrides"])}
+                                                for m, r in tuned.items() if m in modes})
     judge = get_tokenizer(base, "judge", verbose).to(select_device(base.device))
     state["judge_features"] = judge.config["feature_dim"]
     for seed in seeds:  # seed-major: an interrupted comparison has whole comparisons of its first seeds
-        for mode in modes:
-            per_seed = state["modes"].get(mode, {}).get("per_seed", {})
+        for row in rows:
+            table = state["modes"] if row.name == row.mode else state.setdefault("variants", {})
+            per_seed = table.get(row.name, {}).get("per_seed", {})
             if str(seed) in per_seed:
                 if verbose:
-                    print(f"{mode}, seed {seed}: finished earlier, kept ({results_path})")
+                    print(f"{row.name}, seed {seed}: finished earlier, kept ({results_path})")
                 continue
+            steps = budget["steps"][row.name]
             if verbose:
-                print(f"{mode}, seed {seed}: {budget['steps'][mode]} steps, {budget['flops'][mode]:.3g} FLOPs")
-            result = run_mode(base, mode, name, budget["steps"][mode], budget["flops_per_step"][mode], judge,
-                              seed=seed, sweep_n=sweep_n, curve_points=curve_points,
+                print(f"{row.name}, seed {seed}: {steps} steps, {budget['flops'][row.name]:.3g} FLOPs")
+            result = run_mode(row_config(base, row), row.mode, name, steps, budget["flops_per_step"][row.name],
+                              judge, seed=seed, sweep_n=sweep_n, curve_points=curve_points, row=row.name,
                               sweep_steps=SWEEP_STEPS if sweep_steps is None else sweep_steps, verbose=verbose)
-            state["modes"][mode] = aggregate({**per_seed, str(seed): result})
-            state["paired"] = paired_differences(state["modes"])
+            entry = aggregate({**per_seed, str(seed): result})
+            table[row.name] = entry if row.name == row.mode else {"row": row.name, "overrides": row.overrides, **entry}
+            state["paired"] = paired_differences(entries(state), pairs(all_rows(state)))
             write_text_atomic(json.dumps(state, indent=2), results_path)
             write_text_atomic(markdown_table(state), out / "results.md")
     from minimfm.compare_plots import plot_compute, plot_samples, plot_steps
@@ -322,8 +342,9 @@ def _floor_note(n: int, floor: float, features: int | None) -> str:
 
 
 def markdown_table(state: dict) -> str:
-    """results.md: the table (mean ± 95 % interval), the paired tests, the step sweep and the training curve."""
-    setting, modes = state["setting"], state["modes"]
+    """results.md: the table (mean ± 95 % interval), the recipes of rows other than the defaults, the paired tests,
+    the step sweep and the training curve."""
+    setting, modes = state["setting"], entries(state)  # every row: the modes' defaults first
     seeds = sorted({s for r in modes.values() for s in r["seeds"]})
     first = next(iter(modes.values()))
     lines = [f"Budget: {state['plan']['budget']}; {setting['dataset']}, preset {setting['preset']}, d_model "
@@ -342,7 +363,7 @@ def markdown_table(state: dict) -> str:
             f"{cell(r, 'frechet_distance', '.1f')} ({r['frechet_floor']:.1f}) | {cell(r, 'caption_accuracy', '.3f')} | "
             f"{cell(r, 'caption_attribute_accuracy', '.3f')} | {cell(r, 'caption_perplexity', '.3f')} | "
             f"{cell(r, 'seconds_per_image', '.4f')} | {r['nfe_per_image']:g} |")
-    lines += [""] + paired_table(state.get("paired", []))
+    lines += recipe_notes(state) + [""] + paired_table(state.get("paired", []))
     n, features = state["sweep_n"], state.get("judge_features")
     lines += ["", f"Step sweep, {n} images per point. " + _floor_note(n, first["step_sweep"][0]["frechet_floor"],
                                                                      features), "",

@@ -37,6 +37,8 @@ class Config:
     device: str = _f("auto", "auto picks cuda, then mps, then cpu", DEVICES)
     threads: int = _f(0, "torch CPU threads (0 = torch's default)")
     limit_train: int = _f(0, "use only the first N training images (0 = all); for quick experiments")
+    holdout_validation: bool = _f(False, "leave the validation split (5,000 training images: the last 500 of each "
+                                         "class) out of training; `tune` trains its trials so and scores them on it")
 
     # the shared transformer
     d_model: int = _f(192, "transformer width")
@@ -157,7 +159,9 @@ class Config:
                 raise ConfigError(f"--{_flag(name)}: must name a folder, got an empty string")
         if self.run_name:
             check_run_name(self.run_name, "--run-name")
-        parse_tasks(self.tasks, self.dataset)
+        if parse_tasks(self.tasks, self.dataset) != ("caption",) and self.holdout_validation:
+            raise ConfigError("--holdout-validation: trains --tasks caption only (interleaved and edit rows pick "
+                              "digits from the whole training split)")
         if self.tokenizer_downsample not in (2, 4):
             raise ConfigError(f"--tokenizer-downsample: must be 2 or 4, got {self.tokenizer_downsample}")
         if not 1 <= self.lfq_bits <= 16:
@@ -222,15 +226,21 @@ RANGES: dict[str, tuple] = {
 TASKS = ("caption", "interleaved", "edit")  # minimfm/mixed_data.py builds their rows
 
 
+def parse_choice_list(text: str, choices, flag: str, what: str, example: str) -> tuple[str, ...]:
+    """'a,b' -> ('a', 'b') for a comma-separated flag; one line naming the flag for an unknown or repeated item."""
+    items = tuple(t.strip() for t in text.split(","))
+    unknown = [t for t in items if t not in choices]
+    if unknown:
+        raise ConfigError(f"{flag}: '{shorten(unknown[0])}' is not one of {', '.join(choices)} (comma-separated, "
+                          f"e.g. {example})")
+    if len(set(items)) < len(items):
+        raise ConfigError(f"{flag}: '{shorten(text)}' names a {what} twice")
+    return items
+
+
 def parse_tasks(text: str, dataset: str = "mnist") -> tuple[str, ...]:
     """'caption,edit' -> ('caption', 'edit'); one line naming --tasks for anything else."""
-    tasks = tuple(t.strip() for t in text.split(","))
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise ConfigError(f"--tasks: '{shorten(unknown[0])}' is not one of {', '.join(TASKS)} (comma-separated, "
-                          f"e.g. caption,interleaved,edit)")
-    if len(set(tasks)) < len(tasks):
-        raise ConfigError(f"--tasks: '{shorten(text)}' names a task twice")
+    tasks = parse_choice_list(text, TASKS, "--tasks", "task", "caption,interleaved,edit")
     if dataset != "mnist" and tasks != ("caption",):
         raise ConfigError(f"--tasks: interleaved and edit are built from MNIST digits; --dataset {dataset} trains "
                           f"caption only")

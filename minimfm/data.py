@@ -26,6 +26,13 @@ DARK_BELOW, LIGHT_ABOVE = 0.43, 0.52     # CIFAR mean luminance
 GREY_SATURATION = 0.06                   # CIFAR: mean colour closer to grey than this has no hue word
 
 
+# The validation split: 5,000 images of the TRAINING split (never the test split), the last 500 of each class, so
+# that choosing a recipe (`python -m minimfm tune`) never looks at the images the comparison reports on. Per class,
+# because a split may be stored sorted by class (the CIFAR-10 JPEG copy): its last 5,000 would all be trucks. A run
+# trained with --holdout-validation leaves them out; `CaptionedDataset(split="validation")` reads exactly them.
+VALIDATION_IMAGES = 5000
+
+
 class DatasetMissingError(RuntimeError):
     """The dataset is not on disk and could not be downloaded; the message names the folder to fill."""
 
@@ -262,22 +269,49 @@ class CaptionedDataset(torch.utils.data.Dataset):
     `ds[i]` is a dict: image [C, H, W] float in [0, 1], caption str, label int, attributes dict.
     Attributes are computed once for the whole split (vectorised); captions are drawn on access from
     (index, seed), so they are deterministic without being stored.
+
+    split "validation" is the validation images of the training split (`validation_mask`), each with the caption
+    it has there; `holdout=True` leaves them out of split "train" (every other image keeps its caption).
     """
 
     def __init__(self, dataset: str = "mnist", split: str = "train", root: str | Path = "data", seed: int = 0,
-                 limit: int | None = None):
+                 limit: int | None = None, holdout: bool = False):
+        if split not in ("train", "test", "validation"):
+            raise ValueError(f"unknown split '{split}', choose train, validation or test")
         self.dataset, self.split, self.seed = dataset, split, seed
-        self.images, self.labels = load_images(dataset, split, root)
+        self.images, self.labels = load_images(dataset, "test" if split == "test" else "train", root)
+        self.index = None  # each image's index in the stored split, where it is not its position: its caption's seed
+        if split == "validation" or (split == "train" and holdout):
+            keep = validation_mask(self.labels) == (split == "validation")
+            self.index = torch.nonzero(keep)[:, 0].tolist()
+            self.images, self.labels = self.images[keep], self.labels[keep]
         if limit is not None:
             self.images, self.labels = self.images[:limit], self.labels[:limit]
+            self.index = self.index[:limit] if self.index is not None else None
         self.attributes = attributes(dataset, self.images)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def caption(self, index: int) -> str:
-        return make_caption(self.dataset, int(self.labels[index]), self.attributes[index], index, self.seed)
+        stored = index if self.index is None else self.index[index]
+        return make_caption(self.dataset, int(self.labels[index]), self.attributes[index], stored, self.seed)
 
     def __getitem__(self, index: int) -> dict:
         return {"image": self.images[index], "caption": self.caption(index), "label": int(self.labels[index]),
                 "attributes": self.attributes[index]}
+
+
+def validation_mask(labels: torch.Tensor) -> torch.Tensor:
+    """(N,) bool over a training split's labels: its validation images, the last VALIDATION_IMAGES // classes of
+    each class (deterministic; the rest of the split is what --holdout-validation trains on)."""
+    classes = int(labels.max()) + 1
+    per = VALIDATION_IMAGES // classes
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    for c in range(classes):
+        members = torch.nonzero(labels == c)[:, 0]
+        if len(members) <= per:
+            raise ValueError(f"class {c} has {len(members)} training images: holding out {per} for validation "
+                             f"leaves none to train on")
+        mask[members[-per:]] = True
+    return mask

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from minimfm.data import CaptionedDataset, attributes, class_words, mentioned_attributes
@@ -49,13 +50,17 @@ def caption_attributes_right(caption: str, truth: dict[str, str], dataset: str) 
 
 @torch.no_grad()
 def evaluate(model, judge, *, n_samples: int, n_captions: int, cfg_scale: float | None = None,
-             steps: int | None = None, seed: int = 0, batch_size: int = 100, verbose: bool = True) -> dict:
-    """All metrics of one model as a flat dict (see README "Evaluation" for definitions)."""
+             steps: int | None = None, seed: int = 0, batch_size: int = 100, verbose: bool = True,
+             split: str = "test") -> dict:
+    """All metrics of one model as a flat dict (see README "Evaluation" for definitions).
+
+    `split` is where the prompts, the captioned images and the Fréchet reference come from: "test" for every
+    reported figure, "validation" (held-out training images, minimfm/data.py) when choosing a recipe (`tune`)."""
     if n_samples < 1 or n_captions < 0 or batch_size < 1:
         raise ValueError(f"evaluate: needs n_samples >= 1, n_captions >= 0, batch_size >= 1; got {n_samples}, "
                          f"{n_captions}, {batch_size}")
     cfg = model.cfg
-    test = CaptionedDataset(cfg.dataset, "test", cfg.data_root, seed=cfg.seed)
+    test = CaptionedDataset(cfg.dataset, split, cfg.data_root, seed=cfg.seed)
     judge = judge.to(model.device)
     sample_kwargs = {} if steps is None else {"steps": steps}
 
@@ -127,6 +132,47 @@ def evaluate(model, judge, *, n_samples: int, n_captions: int, cfg_scale: float 
         "seconds_per_image": seconds / len(idx),
         "caption_examples": examples[:6],
     }
+
+
+def prefix_caption_logits(model, captions: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A multimodal model's (B, P, V) logits and (B, P) text targets over the caption of a text-to-image sequence:
+    the positions up to [BOI], which (causal) never see the image. This is the prompt the samplers read."""
+    batch = model.pack(captions, torch.ones(len(captions), dtype=torch.bool))
+    P = model.layout.prompt_length()
+    h = model.transformer(model.text_emb(batch.tokens[:, :P]), model.mask(batch.modality)[:, :P, :P],
+                          batch.positions[:, :P])  # (B, P, D)
+    return model.text_head(h), batch.text_targets[:, :P]
+
+
+@torch.no_grad()
+def text_perplexity(model, n_captions: int, batch_size: int = 500) -> float:
+    """Held-out caption perplexity with no image in sight: the text metric of Transfusion §4.2 (there on C4 and
+    Wikipedia), here on `n_captions` class-balanced test captions (drawn with the run's seed).
+
+    Every model scores the same tokens: the caption WORDS, each given [BOS] and the words before it. A multimodal
+    model reads the caption as the prefix of a text-to-image sequence (causal, so it cannot see the image that
+    follows); the text-only baseline (minimfm/text_only.py) reads `[BOS] caption`. Each word's probability is
+    renormalised over the caption words, special tokens left out: after [BOS] a multimodal model also expects
+    [BOI] (every image-to-text row and every dropped caption starts `[BOS] [BOI]`), and a caption ends in [BOI]
+    in one format and [EOS] in the other. Neither is text the two kinds of model share, so neither is scored or
+    allowed to take probability mass from the words.
+    """
+    from minimfm.tokenizers.text import SPECIAL_TOKENS
+    if n_captions < 1 or batch_size < 1:
+        raise ValueError(f"text_perplexity: needs n_captions >= 1 and batch_size >= 1, got {n_captions}, {batch_size}")
+    cfg, special = model.cfg, len(SPECIAL_TOKENS)  # ids 0..7 are the special tokens (TextTokenizer)
+    test = CaptionedDataset(cfg.dataset, "test", cfg.data_root, seed=cfg.seed)
+    captions = [model.tok.encode(test.caption(i)) for i in balanced_indices(test.labels, n_captions)]
+    forward = getattr(model, "caption_logits", None) or (lambda ids: prefix_caption_logits(model, ids))
+    nll, count = 0.0, 0
+    for start in range(0, len(captions), batch_size):
+        logits, targets = forward(captions[start:start + batch_size])  # (B, T, V), (B, T)
+        scored = targets >= special  # caption words only (IGNORE is negative)
+        logits = logits[scored].float()  # (n, V)
+        logits[:, :special] = float("-inf")
+        nll += float(F.cross_entropy(logits, targets[scored], reduction="sum"))
+        count += int(scored.sum())
+    return float(torch.tensor(nll / count).exp())
 
 
 def format_results(r: dict) -> str:

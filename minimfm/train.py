@@ -89,7 +89,8 @@ class TrainingData:
     """Captions (as ids) and image representations (codes or latents) for the whole split, encoded once."""
 
     def __init__(self, cfg: Config, model, verbose: bool = True):
-        ds = CaptionedDataset(cfg.dataset, "train", cfg.data_root, seed=cfg.seed, limit=cfg.limit_train or None)
+        ds = CaptionedDataset(cfg.dataset, "train", cfg.data_root, seed=cfg.seed, limit=cfg.limit_train or None,
+                              holdout=cfg.holdout_validation)
         self.captions = [model.tok.encode(ds.caption(i)) for i in range(len(ds))]
         reps = []
         with torch.no_grad():

@@ -1,4 +1,5 @@
-"""The paradigm comparison: FLOP counting per mode, budget matching, results.json schema, resume, claim rows."""
+"""The paradigm comparison: FLOP counting per mode, budget matching, results.json schema, resume (the claims' rows:
+tests/test_claims.py)."""
 import json
 
 import pytest
@@ -9,8 +10,6 @@ from conftest import DATA, needs_mnist
 from helpers import install_random_vq, tiny_config
 from minimfm import compare as C
 from minimfm.checkpoint import save_atomic
-from minimfm import claims as C_claims
-from minimfm.claims import claim_rows, claims_markdown
 from minimfm.judge import Judge
 from minimfm.runs import build_model
 from minimfm.tokenizers.latent import PatchLatent
@@ -240,48 +239,130 @@ def test_seed_list_and_a_bad_seeds_flag_is_one_line(capsys):
         assert e.value.code == 2 and len(err.splitlines()) == 1 and "--seeds" in err, err
 
 
-def fake(acc, fd, cap=0.9):
-    return {"prompted_accuracy": acc, "frechet_distance": fd, "caption_accuracy": cap}
+# ------------------------------------------------------------------ rows beyond the defaults: tuned recipes, variants
+
+from minimfm.compare_rows import Row, pairs, same_setting  # noqa: E402
 
 
-def test_claim_rows_report_the_sign_they_measure():
-    runs = {"baseline": fake(0.9, 50), "baseline_seed1": fake(0.9, 53), "causal": fake(0.8, 70), "conv": fake(0.92, 60), "lambda5": fake(0.9, 45),
-            "lambda10": fake(0.85, 55)}
-    sweep = [{"steps": t, "frechet_distance": fd, "nfe_per_image": t} for t, fd in
-             [(1, 90), (2, 75), (4, 70), (8, 62), (12, 60), (16, 59.5)]]
-    state = {"modes": {m: {"step_sweep": sweep, "cfg_check": {"cfg_scale": 3.0, "prompted_accuracy_cfg": 0.9,
-                                                               "prompted_accuracy_no_cfg": 0.7}} for m in C.MODES}}
-    rows = {r["claim"]: r for r in claim_rows(runs, state, 600, 200)}
-    assert rows["a"]["agrees"] is True and rows["b"]["agrees"] is False
-    assert rows["a"]["beyond_noise"] is True  # |70 - 50| > seed noise |53 - 50|
-    assert "within seed noise" not in claims_markdown([rows["a"]], 200)
-    runs["conv"] = fake(0.9, 48)  # better by 2 < seed noise 3
-    rows = {r["claim"]: r for r in claim_rows(runs, state, 600, 200)}
-    assert rows["b"]["agrees"] is True and rows["b"]["beyond_noise"] is False
-    assert "yes, within seed noise" in claims_markdown([rows["b"]], 200)
-    assert rows["c"]["agrees"] is True and rows["d"]["agrees"] is True
-    assert "best FD λ=5" in rows["e"]["ours"] and rows["e"]["agrees"] is None
-    runs["causal"] = fake(0.95, 40)
-    sweep[-1]["frechet_distance"] = 40  # still improving a lot after 12 steps: no saturation
-    state["modes"]["ar"]["cfg_check"]["prompted_accuracy_cfg"] = 0.6
-    rows = {r["claim"]: r for r in claim_rows(runs, state, 600, 200)}
-    assert rows["a"]["agrees"] is False and rows["c"]["agrees"] is False and rows["d"]["agrees"] is False
-    rows = {r["claim"]: r for r in claim_rows(runs, None, 600, 200)}
-    assert rows["c"]["ours"] == "not run" and rows["d"]["agrees"] is None
+def write_recipe(folder, mode, best, preset="smoke", trial=3):
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"setting": {"dataset": "mnist", "preset": preset}, "mode": mode, "best": best, "best_trial": trial}
+    (folder / "best.json").write_text(json.dumps(state))
+    return folder / "best.json"
 
 
-def test_continuity_claim_compares_seed_means_against_seed_spread():
-    runs = {"baseline": fake(0.98, 40), "baseline_seed1": fake(0.96, 44), "masked": fake(0.9, 70),
-            "masked_seed1": fake(0.9, 66), "mar": fake(0.95, 52), "mar_seed1": fake(0.95, 50)}
-    rows = {r["claim"]: r for r in C_claims.continuity_rows(runs, 600)}
-    # j1: mar mean 51 vs masked mean 68: gap 17 > larger spread 4 -> agrees, beyond noise
-    assert rows["j1"]["agrees"] is True and rows["j1"]["beyond_noise"] is True
-    assert "mar 0.950 / 51.0 (±1.0)" in rows["j1"]["ours"]
-    # j2: diffusion mean 42 vs mar 51: gap 9 > spread 4 -> agrees; make them close and it is within noise
-    assert rows["j2"]["agrees"] is True and rows["j2"]["beyond_noise"] is True
-    runs["mar"], runs["mar_seed1"] = fake(0.95, 41), fake(0.95, 45)
-    rows = {r["claim"]: r for r in C_claims.continuity_rows(runs, 600)}
-    assert rows["j2"]["agrees"] is True and rows["j2"]["beyond_noise"] is False  # 42 vs 43, spreads 4
-    runs["mar"], runs["mar_seed1"] = fake(0.95, 80), fake(0.95, 82)
-    rows = {r["claim"]: r for r in C_claims.continuity_rows(runs, 600)}
-    assert rows["j1"]["agrees"] is False
+def made_up_run(calls):
+    """run_mode replaced: records (row, seed, config) and returns a made-up result of the shape run_mode returns."""
+    quality = {"ar": (0.90, 50.0), "ar-tuned": (0.95, 40.0), "diffusion": (0.80, 60.0), "diffusion-ddpm": (0.85, 55.0)}
+
+    def run(base, mode, name, steps, flops_per_step, judge, *, seed, row=None, **kwargs):
+        calls.append((row, seed, base))
+        acc, fd = quality[row]
+        acc, fd = acc + 0.01 * seed, fd + seed * (1 + len(row))  # seed noise, different per row
+        point = {"step": steps, "flops": steps * flops_per_step, "train_seconds": 1.0, "prompted_accuracy": acc,
+                 "attribute_match": 0.5, "frechet_distance": fd, "frechet_floor": 5.0, "caption_accuracy": 0.9,
+                 "caption_attribute_accuracy": 0.5, "n_samples": 10}
+        return {**point, "mode": mode, "seed": seed, "steps_trained": steps, "train_flops": steps * flops_per_step,
+                "n_captions": 10, "caption_perplexity": 1.5, "images_per_second": 100.0, "seconds_per_image": 0.01,
+                "nfe_per_image": 49, "curve": [point],
+                "step_sweep": [{"steps": None, "nfe_per_image": 49, "prompted_accuracy": acc, "frechet_distance": fd,
+                                "frechet_floor": 5.0, "seconds_per_image": 0.01, "n_samples": 10}],
+                "cfg_check": {"n_samples": 10, "cfg_scale": base.cfg_scale, "prompted_accuracy_cfg": acc,
+                              "prompted_accuracy_no_cfg": acc - 0.1}}
+    return run
+
+
+def test_recipes_add_tuned_and_ddpm_rows_beside_the_default_rows(tmp_path, monkeypatch):
+    import minimfm.compare_plots
+    cfg = compare_config(tmp_path)
+    for plot in ("plot_steps", "plot_compute", "plot_samples"):  # figures need real runs; their code is tested above
+        monkeypatch.setattr(minimfm.compare_plots, plot, lambda *a, **k: None)
+    calls = []
+    monkeypatch.setattr(C, "run_mode", made_up_run(calls))
+    out = C.compare(cfg, modes=("ar", "diffusion"), seeds=2, **FAST)  # the defaults first, as before --recipes
+    before = json.loads((out / "results.json").read_text())
+    assert [(r, s) for r, s, _ in calls] == [("ar", 0), ("diffusion", 0), ("ar", 1), ("diffusion", 1)]
+    assert "variants" not in before and list(before["modes"]) == ["ar", "diffusion"]
+
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes / "tune-mnist-smoke-ar", "ar",
+                 {"lr": 0.002, "cfg_scale": 3.0, "top_k": 16, "temperature": 1.0})
+    write_recipe(recipes / "tune-mnist-smoke-diffusion", "diffusion",  # tuning kept the default: no tuned row
+                 {"lr": cfg.lr, "cfg_scale": cfg.cfg_scale, "objective": "flow", "patch_encoder": "linear"}, trial=0)
+    write_recipe(recipes / "tune-mnist-tiny-masked", "masked", {"lr": 0.003}, preset="tiny")  # another preset: passed
+    calls.clear()
+    out = C.compare(cfg, modes=("ar", "diffusion"), seeds=2, recipes=recipes, **FAST)
+    state = json.loads((out / "results.json").read_text())
+    # only the new rows are trained, each with its recipe, in its own folder
+    assert [(r, s) for r, s, _ in calls] == [("ar-tuned", 0), ("diffusion-ddpm", 0), ("ar-tuned", 1),
+                                            ("diffusion-ddpm", 1)]
+    tuned, ddpm = calls[0][2], calls[1][2]
+    assert (tuned.mode, tuned.lr, tuned.top_k) == ("ar", 0.002, 16)
+    assert (ddpm.mode, ddpm.objective) == ("diffusion", "ddpm")
+    # the default rows are where every reader looks for them, unchanged; the new rows under "variants"
+    assert state["modes"] == before["modes"] and list(state["modes"]) == ["ar", "diffusion"]
+    assert list(state["variants"]) == ["ar-tuned", "diffusion-ddpm"]
+    assert state["variants"]["ar-tuned"]["mode"] == "ar" and state["variants"]["ar-tuned"]["seeds"] == [0, 1]
+    assert state["variants"]["diffusion-ddpm"]["overrides"] == {"objective": "ddpm"}
+    assert state["recipes"]["diffusion"]["kept_default"] is True and state["recipes"]["ar"]["kept_default"] is False
+    assert "masked" not in state["recipes"]
+    # one budget in FLOPs for every row, the default ar's max_steps
+    plan, budget = state["plan"], cfg.max_steps * state["plan"]["flops_per_step"]["ar"]
+    for row in ("ar", "diffusion", "ar-tuned", "diffusion-ddpm"):
+        assert abs(plan["steps"][row] * plan["flops_per_step"][row] - budget) <= plan["flops_per_step"][row] / 2
+        assert state["variants"].get(row, state["modes"].get(row))["train_flops"] == plan["flops"][row]
+    tested = {(r["a"], r["b"]) for r in state["paired"]}
+    assert tested == {("ar", "diffusion"), ("ar-tuned", "ar"), ("diffusion-ddpm", "diffusion"),
+                      ("ar-tuned", "diffusion")}
+    md = (out / "results.md").read_text()
+    for text in ("| ar | 2 |", "| ar-tuned | 2 |", "| diffusion-ddpm | 2 |", "- ar-tuned: lr 0.002, top_k 16",
+                 "`tune` trial 3", "Transfusion's own objective", "diffusion: tuning kept the default recipe",
+                 "| ar-tuned − ar |", "| diffusion-ddpm − diffusion |"):
+        assert text in md, text
+
+    calls.clear()  # resumable per row and seed: nothing left to train
+    C.compare(cfg, modes=("ar", "diffusion"), seeds=2, recipes=recipes, **FAST)
+    assert calls == []
+    write_recipe(recipes / "tune-mnist-smoke-ar", "ar", {"lr": 0.003})
+    with pytest.raises(Exception, match=r"row ar-tuned was trained with .*\(its recipe changed\)"):
+        C.compare(cfg, modes=("ar", "diffusion"), seeds=2, recipes=recipes, **FAST)
+
+
+@pytest.mark.parametrize("recipes, message", [
+    ("missing.json", "not found"), ("empty", "holds no best.json"), ("bad.json", "not JSON"),
+    ("other.json", "not a best.json written by `tune`"), ("tiny.json", "tuned on mnist with preset tiny"),
+    ("banana.json", "'banana' is not a setting a recipe may change"), ("seed.json", "'seed' is not a setting"),
+    ("negative.json", "--lr"), ("unknown-mode.json", "--mode")])
+def test_bad_recipes_are_one_line(tmp_path, capsys, recipes, message):
+    from minimfm.__main__ import main
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"modes": {}}))
+    write_recipe(tmp_path / "t", "ar", {"lr": 0.002}, preset="tiny").rename(tmp_path / "tiny.json")
+    for name, mode, best in (("banana", "ar", {"banana": 1}), ("seed", "ar", {"seed": 3}),
+                             ("negative", "ar", {"lr": -1.0}), ("unknown-mode", "gan", {})):
+        write_recipe(tmp_path / "t", mode, best).rename(tmp_path / f"{name}.json")
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(["compare", "--preset", "smoke", "--runs-dir", str(runs), "--recipes",
+                               str(tmp_path / recipes)]))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "--recipes" in err and message in err, err
+    assert not runs.exists()  # refused before any work
+
+
+def test_which_rows_a_paired_test_compares():
+    rows = [Row("ar", "ar", {}), Row("masked", "masked", {}), Row("diffusion", "diffusion", {}),
+            Row("ar-tuned", "ar", {"lr": 0.002}), Row("diffusion-ddpm", "diffusion", {"objective": "ddpm"})]
+    assert pairs(rows) == [("ar", "masked"), ("ar", "diffusion"), ("masked", "diffusion"),  # defaults, as before
+                           ("ar-tuned", "ar"), ("diffusion-ddpm", "diffusion"),  # each against its default
+                           ("ar-tuned", "masked"), ("ar-tuned", "diffusion")]  # the modes at their best
+    assert pairs(rows[:3]) == pairs(rows)[:3]
+
+
+def test_a_setting_added_since_a_comparison_started_keeps_it_resumable():
+    new = C.Config().to_dict()
+    old = {k: v for k, v in new.items() if k != "holdout_validation"}  # results.json from before the field
+    assert same_setting(old, new) and same_setting(new, new)
+    assert not same_setting(old, {**new, "holdout_validation": True})
+    assert not same_setting(old, {**new, "lr": 0.5})

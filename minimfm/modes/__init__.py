@@ -2,8 +2,8 @@
 
 Each mode file holds one paper's idea (representation, loss, sampler) as a `MultimodalModel` subclass. Everything
 else — the config's `--mode` choices, the tokenizer a mode needs, the comparison's step sweeps and plot colours,
-the bench's synthetic batch, the CLI's `--steps` check — reads `REGISTRY` below, so adding a mode is one file
-plus one line here.
+the knobs `tune` searches, the bench's synthetic batch, the CLI's `--steps` check — reads `REGISTRY` below, so
+adding a mode is one file plus one line here.
 
 This module imports no torch and no mode file: `config.py` reads the names at import time, and a mode's class
 is imported only when it is built (so one mode's bug never breaks another).
@@ -11,7 +11,7 @@ is imported only when it is built (so one mode's bug never breaks another).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class ModeSpec:
     steps_field: str | None    # the Config field holding its default sampling steps (None: no step knob)
     sweep_steps: tuple[int, ...] = ()  # sampling steps the comparison sweeps (empty: one point)
     colour: str = "tab:grey"   # matplotlib colour in every comparison figure
+    # its own knobs for `tune` (Config field -> the values tried), beside the shared ones in minimfm/tuning.py
+    tuning: dict = field(default_factory=dict, compare=False)
 
     @property
     def has_steps(self) -> bool:
@@ -38,15 +40,20 @@ class ModeSpec:
 
 REGISTRY: dict[str, ModeSpec] = {spec.name: spec for spec in (
     ModeSpec("ar", "minimfm.modes.ar:ARModel", "vq", "Chameleon",
-             "VQ codes predicted one by one, raster order, causal mask", None, (), "tab:blue"),
+             "VQ codes predicted one by one, raster order, causal mask", None, (), "tab:blue",
+             tuning={"top_k": (0, 16, 64), "temperature": (0.8, 1.0, 1.2)}),
     ModeSpec("masked", "minimfm.modes.masked:MaskedModel", "vq", "Show-o, MaskGIT",
              "VQ codes predicted in parallel from a partly masked image, T confident-first steps", "mask_steps",
-             (1, 2, 4, 8, 12, 16), "tab:orange"),
+             (1, 2, 4, 8, 12, 16), "tab:orange",
+             tuning={"mask_schedule": ("cosine", "linear", "sqrt"), "mask_steps": (4, 8, 12, 16)}),
     ModeSpec("diffusion", "minimfm.modes.diffusion:DiffusionModel", "latent", "Transfusion",
-             "continuous latents denoised all at once, S steps", "diffusion_steps", (5, 10, 25, 50), "tab:green"),
+             "continuous latents denoised all at once, S steps", "diffusion_steps", (5, 10, 25, 50), "tab:green",
+             tuning={"image_loss_weight": (1.0, 2.0, 5.0), "patch_encoder": ("linear", "conv"),
+                     "objective": ("flow", "ddpm"), "time_cond": ("add", "adaln")}),
     ModeSpec("mar", "minimfm.modes.mar:MARModel", "latent", "MAR",
              "continuous latents revealed a few at a time in random order (T = --mask-steps passes), each drawn "
-             "by a per-token diffusion head (--diffusion-steps)", "mask_steps", (1, 2, 4, 8, 16), "tab:red"),
+             "by a per-token diffusion head (--diffusion-steps)", "mask_steps", (1, 2, 4, 8, 16), "tab:red",
+             tuning={"mask_steps": (4, 8, 16), "diffusion_steps": (10, 25, 50), "temperature": (0.8, 1.0, 1.2)}),
 )}
 
 MODE_NAMES: tuple[str, ...] = tuple(REGISTRY)

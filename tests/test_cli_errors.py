@@ -74,16 +74,22 @@ def install_random_tokenizers(runs: Path) -> None:
         save_atomic(tokenizer_to_checkpoint(model, kind=kind, dataset="mnist"), tokenizer_path(cfg, kind))
 
 
+def smoke_world(tmp_path_factory, name: str, modes: tuple[str, ...], steps: int) -> tuple[Path, Path, Path]:
+    """A temporary root with runs/ holding a smoke model per mode (random tokenizers) and an empty inputs/ path."""
+    if not mnist_staged():
+        pytest.skip("MNIST not staged in data/ (run scripts/stage_data.sh)")
+    root = tmp_path_factory.mktemp(name)
+    runs = root / "runs"
+    install_random_tokenizers(runs)
+    for mode in modes:
+        assert main(["train", *SMOKE, "--runs-dir", str(runs), "--mode", mode, "--max-steps", str(steps)]) == 0
+    return root, runs, root / "inputs"
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """runs/ with an ar and a diffusion smoke model, and inputs/ with files a user might wrongly pass."""
-    if not mnist_staged():
-        pytest.skip("MNIST not staged in data/ (run scripts/stage_data.sh)")
-    root = tmp_path_factory.mktemp("cli")
-    runs, inputs = root / "runs", root / "inputs"
-    install_random_tokenizers(runs)
-    for mode in ("ar", "diffusion"):
-        assert main(["train", *SMOKE, "--runs-dir", str(runs), "--mode", mode, "--max-steps", "4"]) == 0
+    root, runs, inputs = smoke_world(tmp_path_factory, "cli", ("ar", "diffusion"), 4)
     inputs.mkdir()
     (inputs / "empty.txt").write_text("\n  \n")
     (inputs / "folder").mkdir()

@@ -12,11 +12,10 @@ import pytest
 import torch
 from torchvision.io import decode_image, encode_png
 
-from conftest import mnist_staged
 from minimfm.__main__ import main
 from minimfm.checkpoint import load_checkpoint, save_atomic
 from minimfm.interleaved import mixed_vocabulary
-from test_cli_errors import SMOKE, assert_one_line_error, error_lines, install_random_tokenizers, run, snapshot
+from test_cli_errors import SMOKE, assert_one_line_error, error_lines, run, smoke_world, snapshot
 
 
 def write_png(path, image: torch.Tensor) -> None:
@@ -36,12 +35,7 @@ def grow_vocabulary(ckpt: dict, words: list[str]) -> dict:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    if not mnist_staged():
-        pytest.skip("MNIST not staged in data/ (run scripts/stage_data.sh)")
-    root = tmp_path_factory.mktemp("cli-generate")
-    runs, inputs = root / "runs", root / "inputs"
-    install_random_tokenizers(runs)
-    assert main(["train", *SMOKE, "--runs-dir", str(runs), "--mode", "ar", "--max-steps", "2"]) == 0
+    root, runs, inputs = smoke_world(tmp_path_factory, "cli-generate", ("ar",), 2)
     base = runs / "mnist-ar-smoke" / "ckpt.pt"
     edit = runs / "mnist-ar-edit" / "ckpt.pt"
     save_atomic(grow_vocabulary(load_checkpoint(base), mixed_vocabulary("mnist")), edit)

@@ -1,17 +1,17 @@
 """Scoring mixed-modal generation: interleaved sequences and instruction edits (issue #15's acceptance figures).
 
 Interleaved (Chameleon's mixed-modal generation, Show-o's mixed-modality tasks): each test sequence comes from a
-template with exact answers (minimfm/interleaved.py), and the model does in it what training asked of it
-(mixed_data.GENERATED): it DRAWS the images the text before them asks for ("then": both, "next": the second) and
-WRITES the texts that describe an image it has just read ("next": "this is a three, ...", "captions": both
-captions); the rest is given, teacher-forced. Two figures:
+template with exact answers (minimfm/interleaved.py), and the model does in it what training asked of it: it
+DRAWS the images interleaved.DRAWN marks ("then": both, "next": the second, "captions": the second, no digit
+asked) and WRITES the captions of "captions" (interleaved.WRITES); the rest is given, teacher-forced. Figures:
 
-    image accuracy      per drawn image: the judge reads the digit the sequence named (seg.label)
+    image accuracy      per drawn image whose text names a digit (interleaved.NAMED): the judge reads that digit
     text consistency    per written text: the one digit it names (evaluate.caption_class) is the digit of the
-                        image just before it (its label when it was given, the judge's reading when drawn)
+                        image just before it (its label when it was given, the judge's reading when drawn);
+                        `text_consistency_after_drawn` counts only the texts that follow a drawn image
 
 Editing (Transfusion §4.3): for exact triples from the test split (minimfm/edits.py), the model draws the
-target after `[BOS] [BOI] source [EOI] instruction [BOI]` (generate.edit_prompt). Per instruction and overall:
+target after `[BOS] instruction [BOI] source [EOI] [BOI]` (generate.edit_prompt). Per instruction and overall:
 
     identity kept       the judge reads the output as the source's digit
     moved               the asked measure moved the asked way by MIN_CHANGE (edits.edit_effect)
@@ -34,11 +34,10 @@ from minimfm.data import load_images
 from minimfm.edits import build_edits, edit_effect
 from minimfm.evaluate import caption_class
 from minimfm.generate import Context, edit_prompt, generate
-from minimfm.interleaved import TEMPLATES, build_interleaved, mixed_vocabulary
+from minimfm.interleaved import DRAWN, NAMED, TEMPLATES, WRITES, build_interleaved, mixed_vocabulary
 from minimfm.tokenizers.text import SPECIAL_TOKENS
 
 WRITTEN_MAX = 16  # words a written text may take before it is cut (a caption is at most ~10)
-DRAWN = {"then": (True, True), "next": (False, True), "captions": (False, False)}  # = mixed_data.GENERATED
 
 
 # -------------------------------------------------------------------------------------------- scoring
@@ -47,18 +46,21 @@ def _rate(hits: list[bool]) -> float | None:
 
 
 def score_interleaved(records: list[dict]) -> dict:
-    """Records, one per sequence: {"template", "images": [(named digit, judged digit) per drawn image],
-    "texts": [(written text, digit of the image before it) per written text]} -> overall and per-template
-    image accuracy and text consistency (None where a template has none), with their counts."""
-    images, texts = defaultdict(list), defaultdict(list)
+    """Records, one per sequence: {"template", "images": [(named digit, judged digit) per drawn, named image],
+    "texts": [(written text, digit of the image before it, that image drawn?) per written text]} -> overall and
+    per-template image accuracy and text consistency (None where a template has none), with their counts."""
+    images, texts, after_drawn = defaultdict(list), defaultdict(list), []
     for r in records:
         for named, judged in r["images"]:
             images[r["template"]].append(named == judged)
-        for text, digit in r["texts"]:
+        for text, digit, drawn in r["texts"]:
             texts[r["template"]].append(caption_class(text, "mnist") == digit)
+            if drawn:
+                after_drawn.append(texts[r["template"]][-1])
     out = {"n_sequences": len(records),
            "image_accuracy": _rate(sum(images.values(), [])), "n_images": sum(map(len, images.values())),
-           "text_consistency": _rate(sum(texts.values(), [])), "n_texts": sum(map(len, texts.values()))}
+           "text_consistency": _rate(sum(texts.values(), [])), "n_texts": sum(map(len, texts.values())),
+           "text_consistency_after_drawn": _rate(after_drawn), "n_texts_after_drawn": len(after_drawn)}
     for t in sorted(set(images) | set(texts)):
         out[f"image_accuracy_{t}"] = _rate(images[t])
         out[f"text_consistency_{t}"] = _rate(texts[t])
@@ -124,19 +126,22 @@ def _write(ctx, max_words: int) -> list[int]:
 def run_interleaved(model, judge, sample, *, cfg_scale=None, steps=None, seed=0) -> tuple[dict, list]:
     """One template sequence through the model: (its record for score_interleaved, its images in order as
     pictures [1, H, W]: the given ones and the drawn ones)."""
-    tok, drawn = model.tok, iter(DRAWN[sample.template])
+    tok, template = model.tok, sample.template
+    drawn, named = iter(DRAWN[template]), iter(NAMED[template])
     ctx = Context(model, cfg_scale=cfg_scale, steps=steps, generator=torch.Generator(model.device).manual_seed(seed))
-    task = [] if not model.task_tokens else [tok.t2i_id if any(DRAWN[sample.template]) else tok.mmu_id]
-    pending, record, pictures, previous = task + [tok.bos_id], {"template": sample.template, "images": [],
-                                                                   "texts": []}, [], None
+    task = [] if not model.task_tokens else [tok.t2i_id]  # every template draws an image
+    pending, record, pictures = task + [tok.bos_id], {"template": template, "images": [], "texts": []}, []
+    previous, previous_drawn = None, False  # the digit of the image just read (judged when drawn)
     for seg in sample.segments:
         if seg.kind == "image":
             ctx.feed_text(pending + [tok.boi_id])
-            if next(drawn):
+            previous_drawn, is_named = next(drawn), next(named)
+            if previous_drawn:
                 rep = ctx.draw()
                 picture = model.decode_images(rep[None]).cpu()  # (1, C, H, W)
                 previous = int(judge(picture.to(model.device)).argmax(-1))
-                record["images"].append((seg.label, previous))
+                if is_named:
+                    record["images"].append((seg.label, previous))
             else:
                 picture = seg.image[None].float()
                 rep = model.encode_images(picture)[0]
@@ -144,9 +149,9 @@ def run_interleaved(model, judge, sample, *, cfg_scale=None, steps=None, seed=0)
             ctx.feed_image(rep)
             pictures.append(picture[0])
             pending = [tok.eoi_id]
-        elif previous is not None and sample.template in ("next", "captions"):  # describes the image just read
+        elif previous is not None and WRITES[template]:  # describes the image just read
             ctx.feed_text(pending)
-            record["texts"].append((tok.decode(_write(ctx, WRITTEN_MAX)), previous))
+            record["texts"].append((tok.decode(_write(ctx, WRITTEN_MAX)), previous, previous_drawn))
             pending = []
         else:
             pending += tok.encode(seg.text)
@@ -207,13 +212,22 @@ def evaluate_mixed_tasks(model, judge, n: int, *, ckpt, seed: int = 0, cfg_scale
     return out
 
 
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def format_mixed(mixed: dict) -> str:
     lines = []
     if "interleaved" in mixed:
         r = mixed["interleaved"]
         lines.append(f"  interleaved: {r['n_sequences']} sequences, image accuracy {r['image_accuracy']:.3f} "
                      f"({r['n_images']} drawn images), text consistency {r['text_consistency']:.3f} "
-                     f"({r['n_texts']} written texts)")
+                     f"({r['n_texts']} written texts; after a drawn image {_fmt(r['text_consistency_after_drawn'])}"
+                     f", {r['n_texts_after_drawn']})")
+        for t in TEMPLATES:
+            a, w = r.get(f"image_accuracy_{t}"), r.get(f"text_consistency_{t}")
+            if a is not None or w is not None:
+                lines.append(f"    {t:<9} image accuracy {_fmt(a)}  text consistency {_fmt(w)}")
     if "edits" in mixed:
         m, c = mixed["edits"]["model"], mixed["edits"]["copy_source"]
         lines.append(f"  edits: {m['n_edits']} triples, identity kept {m['identity_kept']:.3f} (copy "

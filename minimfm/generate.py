@@ -143,11 +143,11 @@ def encode_prompt(model, prompt: str) -> list[int]:
 
 def edit_prompt(model, instruction: list[int]) -> Segments:
     """Instruction editing as a generation prompt (Transfusion §4.3), the layout the edit fine-tune trains on
-    (minimfm/mixed_data.py): [T2I]? [BOS] [BOI] source [EOI] instruction [BOI] -> the edited image; the source
+    (minimfm/mixed_data.py): [T2I]? [BOS] instruction [BOI] source [EOI] [BOI] -> the edited image; the source
     is the one known image."""
     tok = model.tok
     task = [tok.t2i_id] if model.task_tokens else []
-    return [task + [tok.bos_id, tok.boi_id], IMAGE, [tok.eoi_id] + list(instruction) + [tok.boi_id]]
+    return [task + [tok.bos_id] + list(instruction) + [tok.boi_id], IMAGE, [tok.eoi_id, tok.boi_id]]
 
 
 def decode(ctx, prompt: Segments, known: list[torch.Tensor] = (), *, max_tokens: int = 48, max_images: int = 4,

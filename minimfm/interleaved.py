@@ -4,16 +4,22 @@
 A sample is a list of segments, text and image in any order, built from real MNIST digits and captions from
 the same generator the training captions use (`data.make_caption` on the digit's pixel attributes, with the
 digit's index in the split, so the caption is exactly `CaptionedDataset(split, seed).caption(index)`). Three
-templates, chosen so that every segment has an answer a judge and the attribute functions can check:
+templates, chosen so that every segment the model produces has an answer a judge and the attribute functions can
+check (▣ drawn by the model, ▢ given, «…» written by the model, the rest given):
 
-    then      text "<caption a>,"  image a  text "then <caption b>"  image b            (labels a != b)
-    next      image a  text "this is a(n) <word a>, now draw the next digit"  image (a + 1) mod 10
-    captions  image a  text "<caption a>"  image b  text "<caption b>"                  (labels a != b)
+    then      "<caption a>,"  ▣ a  "then <caption b>"  ▣ b                          (labels a != b)
+    next      ▢ a  "this is a(n) <word a>, now draw the next digit"  ▣ (a + 1) mod 10
+    captions  ▢ a  «<caption a>»  ▣ b  «<caption b>»                                 (labels a != b)
+
+`DRAWN`, `NAMED` and `WRITES` below say so per template. The "next" text is the user's instruction, given: a
+model asked to write it after an image could not know that this, and not a caption, was wanted. The second
+image of "captions" is drawn with no digit asked for (so it is not scored by image accuracy), and the caption
+the model then writes is the check of "text written after a generated image names its digit".
 
 Each segment carries what it must have: `label` is the digit an image shows or a text names, and `attributes`
 what is asked of it. For an image, the attributes the text before it names (data.mentioned_attributes; the
 "next" image is asked nothing but its digit); for a text, the attributes it states. The real digits satisfy
-both exactly, so they serve as teacher-forcing targets; a generated segment is scored against the same fields.
+both exactly, so they serve as teacher-forcing targets; a produced segment is scored against the same fields.
 
 The words "then", "this", "is", "an", "now", "draw", "next" are not caption words; like the edit instructions
 they live in a separate, versioned list (INTERLEAVED_WORDS_V1), appended after the caption words by
@@ -29,6 +35,9 @@ from minimfm.data import MNIST_WORDS, attributes, caption_vocabulary, load_image
 from minimfm.edits import EDIT_WORDS_V1
 
 TEMPLATES = ("then", "next", "captions")
+DRAWN = {"then": (True, True), "next": (False, True), "captions": (False, True)}   # per image: the model draws it
+NAMED = {"then": (True, True), "next": (False, True), "captions": (False, False)}  # per image: its text names it
+WRITES = {"then": False, "next": False, "captions": True}  # the model writes the texts after the first image
 INTERLEAVED_WORDS_V1 = ("then", "this", "is", "an", "now", "draw", "next")
 
 

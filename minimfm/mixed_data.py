@@ -9,9 +9,12 @@ image-to-text treatment: clean for masked modelling, at most half the noise for 
     caption      [T2I] [BOS] a bold three [BOI] ▣ [EOI] [EOS]            the image generated
                  [MMU] [BOS] [BOI] ▢ [EOI] a bold three [EOS]            the image read
     interleaved  [BOS] a three, [BOI] ▣ [EOI] then a seven [BOI] ▣ ...   per template (GENERATED below)
-    edit         [T2I] [BOS] [BOI] ▢ [EOI] make it bolder [BOI] ▣ [EOI] [EOS]   source read, target generated
+    edit         [T2I] [BOS] make it bolder [BOI] ▢ [EOI] [BOI] ▣ [EOI] [EOS]   source read, target generated
 
-(task tokens only for the modes that use them: [T2I] when the row generates an image, else [MMU]). Rows of a
+(task tokens only for the modes that use them: [T2I] when the row generates an image, else [MMU]). The edit row
+puts its instruction first so that no two tasks open alike: the "next" and "captions" templates open with an
+image, and an edit row that opened with its source image too left the model unable to tell, after that image,
+whether to write "this is a ..." or an instruction (the first mixed run wrote instructions: "next" text 0.03). Rows of a
 step are split evenly among the tasks (row r does tasks[r % n]), each task walking its own seeded permutation,
 and every draw comes from the step's generator: like train.TrainingData, a batch is a function of (seed, step),
 so resumed runs stay exact. Each micro-batch is packed ragged on its own (its longest row sets T).
@@ -29,12 +32,11 @@ from tqdm.auto import tqdm
 from minimfm.config import Config, ConfigError, parse_tasks
 from minimfm.data import CaptionedDataset
 from minimfm.edits import build_edits
-from minimfm.interleaved import Interleaved, build_interleaved, mixed_vocabulary
+from minimfm.interleaved import DRAWN, Interleaved, build_interleaved, mixed_vocabulary
 from minimfm.segments import IMAGE, SegmentBatch, Segments, pack, wrap
 from minimfm.tokenizers.text import TextTokenizer
 
-# which images of an interleaved template are generated: those the text before them asks for
-GENERATED = {"then": (True, True), "next": (False, True), "captions": (False, False)}
+GENERATED = DRAWN  # which images of an interleaved template the model learns to draw (minimfm/interleaved.py)
 
 
 @dataclass
@@ -76,8 +78,8 @@ def interleaved_example(sample: Interleaved, tok: TextTokenizer) -> Example:
 
 
 def edit_example(instruction: list[int], source: int, target: int) -> Example:
-    """Source image (read), the instruction, the edited image (generated)."""
-    return Example([IMAGE, instruction, IMAGE], [source, target], [False, True])
+    """The instruction, the source image (read), the edited image (generated); instruction first (module doc)."""
+    return Example([instruction, IMAGE, IMAGE], [source, target], [False, True])
 
 
 def walk(step: int, per_step: int, n: int, seed: int) -> list[int]:

@@ -7,7 +7,7 @@ from minimfm.data import load_images
 from minimfm.edits import build_edits
 from minimfm.evaluate_mixed import (check_vocabulary, evaluate_edits, evaluate_interleaved, run_interleaved,
                                     score_edits, score_edits_with_baseline, score_interleaved)
-from minimfm.interleaved import build_interleaved, mixed_vocabulary
+from minimfm.interleaved import DRAWN, build_interleaved, mixed_vocabulary
 from minimfm.judge import Judge
 from minimfm.runs import build_model
 from minimfm.tokenizers.text import TextTokenizer
@@ -35,16 +35,20 @@ def test_interleaved_scoring_on_made_up_outputs():
     records = [
         {"template": "then", "images": [(3, 3), (7, 7)], "texts": []},           # both drawn right
         {"template": "then", "images": [(3, 3), (7, 1)], "texts": []},           # the second wrong
-        {"template": "next", "images": [(5, 5)], "texts": [("this is a four, now draw the next digit", 4)]},
-        {"template": "captions", "images": [], "texts": [("the digit 2, written thin", 2),
-                                                         ("a seven and a one", 7),  # names two digits: wrong
-                                                         ("an upright eight", 3)]},  # the wrong digit
+        {"template": "next", "images": [(5, 5)], "texts": []},
+        {"template": "captions", "images": [], "texts": [("the digit 2, written thin", 2, False),
+                                                         ("a seven and a one", 7, True)]},  # two digits: wrong
+        {"template": "captions", "images": [], "texts": [("a four", 4, False),
+                                                         ("an upright eight", 3, True)]},  # the wrong digit
+        {"template": "captions", "images": [], "texts": [("a four", 4, False), ("a thin one", 1, True)]},
     ]
     s = score_interleaved(records)
-    assert s["n_sequences"] == 4 and s["n_images"] == 5 and s["n_texts"] == 4
+    assert s["n_sequences"] == 6 and s["n_images"] == 5 and s["n_texts"] == 6 and s["n_texts_after_drawn"] == 3
     assert s["image_accuracy"] == 4 / 5 and s["image_accuracy_then"] == 3 / 4 and s["image_accuracy_next"] == 1
-    assert s["text_consistency"] == 2 / 4 and s["text_consistency_captions"] == 1 / 3
+    assert s["text_consistency"] == 4 / 6 and s["text_consistency_captions"] == 4 / 6
+    assert s["text_consistency_after_drawn"] == 1 / 3
     assert s["image_accuracy_captions"] is None and s["text_consistency_then"] is None
+    assert s["text_consistency_next"] is None
 
 
 @needs_mnist
@@ -81,18 +85,20 @@ def test_a_caption_vocabulary_is_refused_in_one_line():
 @needs_mnist
 def test_the_runners_walk_each_template_and_score(test_split):
     """A random-weight model: figures in [0, 1] with the right counts, and each template does what it should
-    (draw the asked-for images, write the describing texts, read the rest)."""
+    (draw its DRAWN images, score the NAMED ones, write the captions of "captions", read the rest)."""
     images, labels = test_split
     model, judge = mixed_model(), Judge(1).eval()
     samples = build_interleaved(images, labels, 3, seed=0)  # then, next, captions
-    drawn, written = [], []
+    scored, written = [], []
     for s in samples:
         record, pictures = run_interleaved(model, judge, s)
-        drawn.append(len(record["images"]))
-        written.append(len(record["texts"]))
+        scored.append(len(record["images"]))
+        written.append([drawn for _, _, drawn in record["texts"]])
         assert len(pictures) == 2 and all(p.shape == (1, 28, 28) for p in pictures)
-    assert drawn == [2, 1, 0] and written == [0, 1, 2]
+        given = [seg.image for seg in s.segments if seg.kind == "image"]
+        assert [torch.equal(p, g.float()) for p, g in zip(pictures, given)] == [not d for d in DRAWN[s.template]]
+    assert scored == [2, 1, 0] and written == [[], [], [False, True]]
     s = evaluate_interleaved(model, judge, images, labels, 3)
-    assert s["n_images"] == 3 and s["n_texts"] == 3 and 0 <= s["image_accuracy"] <= 1
+    assert s["n_images"] == 3 and s["n_texts"] == 2 and s["n_texts_after_drawn"] == 1 and 0 <= s["image_accuracy"] <= 1
     e = evaluate_edits(model, judge, images, labels, 2)
     assert e["model"]["n_edits"] == e["copy_source"]["n_edits"] == 2 and e["copy_source"]["moved"] == 0.0

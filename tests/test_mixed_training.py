@@ -19,6 +19,7 @@ from conftest import DATA, needs_mnist
 from helpers import install_random_vq, tiny_config, tiny_latent_model, tiny_model, tiny_vq
 from minimfm.checkpoint import load_checkpoint, save_atomic
 from minimfm.config import ConfigError, make_config
+from minimfm.edits import INSTRUCTIONS
 from minimfm.finetune import grow_vocabulary, init_from
 from minimfm.interleaved import mixed_vocabulary
 from minimfm.mixed_data import MixedTrainingData, text_tokenizer
@@ -293,6 +294,10 @@ def test_mixed_batches_hold_every_task_with_its_images():
     assert rep.shape == (10, model.n_image) and generate.shape == (10,)
     assert torch.equal(batch.image_start >= 0, torch.tensor([[1, 0], [1, 1], [1, 1]] * 2, dtype=torch.bool))
     assert generate[[3, 4]].tolist() == [False, True]  # the edit's source is read, its target generated
+    tok = model.tok  # an edit opens with its instruction, so it never opens like "next" ([BOS] [BOI] image ...)
+    assert mb.rows[2][0][0] == tok.bos_id and mb.rows[2][0][-1] == tok.boi_id
+    assert tok.decode(mb.rows[2][0][1:-1]) in INSTRUCTIONS
+    assert mb.rows[2][2] == [tok.eoi_id, tok.boi_id]  # source, then at once the edited image
     assert torch.equal(data.micro_batch([mb], 2, 3, "cpu")[1], rep[3:5])  # micro-batches slice images with their rows
     first_edit = data.examples["edit"]
     assert data.reps[first_edit[0].images[1]].shape == (model.n_image,) and len(data.reps) == 64 + 30

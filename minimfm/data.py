@@ -43,7 +43,7 @@ def _mnist(root: Path, train: bool):
     from torchvision.datasets import MNIST
     try:
         ds = MNIST(str(root), train=train, download=True)
-    except Exception as e:  # torchvision raises URLError/RuntimeError variants when offline
+    except (OSError, RuntimeError) as e:  # offline: URLError (an OSError) per mirror, then RuntimeError
         raise DatasetMissingError(
             f"MNIST is not in {root / 'MNIST' / 'raw'} and could not be downloaded ({type(e).__name__}); "
             f"put train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
@@ -63,7 +63,7 @@ def _cifar10(root: Path, train: bool):
         from torchvision.datasets import CIFAR10
         try:
             ds = CIFAR10(str(root), train=train, download=True)
-        except Exception as e:
+        except (OSError, RuntimeError) as e:  # offline: URLError (an OSError) or torchvision's RuntimeError
             raise DatasetMissingError(
                 f"CIFAR-10 is neither in {root / 'cifar10-python.tar.gz'} (torchvision's download) nor as JPEG "
                 f"folders in {folder}/<class>/ and could not be downloaded ({type(e).__name__}); put one of "

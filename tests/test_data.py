@@ -59,6 +59,16 @@ def test_missing_dataset_error_names_the_folder(tmp_path, monkeypatch):
     assert str(tmp_path / "MNIST" / "raw") in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_bug_in_the_loader_is_not_reported_as_a_missing_dataset(tmp_path, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug, not a download failure")
+    monkeypatch.setattr(MNIST, "__init__", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        data.load_images("mnist", "test", root=tmp_path)
+
+
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="cifar10"):
         data.load_images("svhn", "train")

@@ -60,6 +60,7 @@ def plot_steps(state: dict, out: Path | None = None):
     for ax, label in zip(axes, ("prompted accuracy (judge)", "Fréchet distance (judge features)")):
         ax.set_xscale("log"), ax.set_xlabel("transformer evaluations per image (NFE)"), ax.set_ylabel(label)
         ax.grid(alpha=0.3), ax.legend()
+    axes[0].set_ylim(0, 1.02)  # the whole accuracy range: a 0.98-1.00 axis makes noise look like a trend
     n = f", {state['sweep_n']} images per point" if "sweep_n" in state else ""  # older results.json: mixed
     fig.suptitle(f"quality vs sampling steps (same training budget; {_seeds_note(state)}{n})")
     return _finish(fig, out)
@@ -82,6 +83,8 @@ def plot_compute(state: dict, out: Path | None = None):
     _floor(axes[1], first)
     for ax, (_, label) in zip(axes, keys):
         ax.set_xlabel("training FLOPs"), ax.set_ylabel(label), ax.grid(alpha=0.3), ax.legend()
+    for ax in (axes[0], axes[2]):
+        ax.set_ylim(0, 1.02)  # accuracies on their whole range (see plot_steps)
     n = f", {state['sweep_n']} images per point" if "sweep_n" in state else ""  # older results.json: mixed
     fig.suptitle(f"quality vs training compute ({_seeds_note(state)}{n})")
     return _finish(fig, out)

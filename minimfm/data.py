@@ -75,6 +75,19 @@ def _cifar10(root: Path, train: bool):
     return images, torch.tensor(ds.targets).long()
 
 
+def limited_indices(labels: torch.Tensor, n: int) -> list[int]:
+    """`--limit-train n`: n images taken round-robin over the classes, each class in stored order, returned in
+    stored order. A split stored sorted by class (the CIFAR-10 JPEG copy) still gives every class (its first 2,000
+    would be airplanes only); an unsorted one (MNIST) gives about its first n."""
+    classes = int(labels.max()) + 1
+    rank = torch.zeros(len(labels), dtype=torch.long)  # each image's position within its class
+    for c in range(classes):
+        at = torch.nonzero(labels == c)[:, 0]
+        rank[at] = torch.arange(len(at))
+    order = torch.argsort(rank * classes + labels)  # 1st of class 0, 1st of class 1, ..., 2nd of class 0, ...
+    return sorted(order[:n].tolist())
+
+
 def load_images(dataset: str, split: str, root: str | Path = "data") -> tuple[torch.Tensor, torch.Tensor]:
     """All images of a split as float [N, C, H, W] in [0, 1] and labels [N], via torchvision's loaders.
 
@@ -286,8 +299,9 @@ class CaptionedDataset(torch.utils.data.Dataset):
             self.index = torch.nonzero(keep)[:, 0].tolist()
             self.images, self.labels = self.images[keep], self.labels[keep]
         if limit is not None:
-            self.images, self.labels = self.images[:limit], self.labels[:limit]
-            self.index = self.index[:limit] if self.index is not None else None
+            keep = limited_indices(self.labels, limit)
+            self.index = keep if self.index is None else [self.index[i] for i in keep]
+            self.images, self.labels = self.images[keep], self.labels[keep]
         self.attributes = attributes(dataset, self.images)
 
     def __len__(self) -> int:

@@ -69,6 +69,15 @@ def test_a_bug_in_the_loader_is_not_reported_as_a_missing_dataset(tmp_path, monk
         data.load_images("mnist", "test", root=tmp_path)
 
 
+def test_limit_takes_every_class_even_from_a_class_sorted_split():
+    sorted_labels = torch.arange(10).repeat_interleave(50)  # stored sorted by class, as the CIFAR-10 JPEG copy
+    keep = data.limited_indices(sorted_labels, 25)
+    assert len(keep) == 25 and keep == sorted(keep)
+    assert torch.bincount(sorted_labels[keep], minlength=10).tolist() == [3] * 5 + [2] * 5
+    mixed = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 0])  # no class sorting: about the first n
+    assert data.limited_indices(mixed, 10) == [0, 1, 2, 4, 5, 6, 7, 11, 13, 14]
+
+
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="cifar10"):
         data.load_images("svhn", "train")

@@ -13,7 +13,7 @@ import torch
 
 from minimfm.checkpoint import load_checkpoint, save_atomic
 from minimfm.config import Config
-from minimfm.data import load_images
+from minimfm.data import limited_indices, load_images
 from minimfm.tokenizers.fsq import parse_levels
 
 
@@ -63,8 +63,9 @@ def new_tokenizer(cfg: Config, kind: str, in_channels: int) -> torch.nn.Module:
 def _train(cfg: Config, kind: str, verbose: bool):
     from minimfm.tokenizers import training as T
     images, labels = load_images(cfg.dataset, "train", cfg.data_root)
-    if cfg.limit_train:
-        images, labels = images[:cfg.limit_train], labels[:cfg.limit_train]
+    if cfg.limit_train:  # the images a --limit-train run trains on (every class, also in a class-sorted split)
+        keep = limited_indices(labels, cfg.limit_train)
+        images, labels = images[keep], labels[keep]
     if kind == "judge":
         return T.train_judge(images, labels, steps=cfg.judge_steps, batch_size=cfg.judge_batch_size or
                              cfg.tokenizer_batch_size, lr=cfg.judge_lr or cfg.tokenizer_lr, seed=cfg.seed,

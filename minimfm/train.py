@@ -22,6 +22,7 @@ from minimfm.config import Config, ConfigError, parse_tasks, shorten
 from minimfm.data import CaptionedDataset, class_words, prompt_for
 from minimfm.finetune import init_from
 from minimfm.mixed_data import MixedTrainingData, text_tokenizer
+from minimfm.run_lock import check_not_training, training_lock
 from minimfm.runs import (build_model, check_folder, check_model_checkpoint, check_training_device,
                           image_tokenizer_for, load_weights, model_checkpoint, select_device)
 
@@ -246,6 +247,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
     verbose = verbose and ctx.is_main
     if ctx.is_main:  # rank 0 builds any missing tokenizer; the others wait, then read it
         check_run_dir(run, resume, overwrite)
+        check_not_training(run)  # before any work; the lock itself is taken once the folder is made
         image_tokenizer, tokenizer_ckpt = image_tokenizer_for(cfg, verbose)
     distributed.barrier(ctx)
     if not ctx.is_main:
@@ -309,6 +311,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, verbose: b
     tick, seen, loop_seconds = time.time(), 0, 0.0
     # the bar closes before any error line is printed; a fresh run that fails before its first save is removed
     with (removed_unless_checkpointed(run, fresh),
+          training_lock(run) if ctx.is_main else nullcontext(),
           tqdm(range(step, end), initial=step, total=cfg.max_steps, desc=f"{cfg.mode} {cfg.dataset}",
                disable=not verbose) as bar,
           (run / "metrics.jsonl").open("a") if ctx.is_main else nullcontext() as metrics_file):

@@ -59,6 +59,29 @@ def test_existing_run_is_not_overwritten(tmp_path):
     train(cfg, overwrite=True, verbose=False)
 
 
+@needs_mnist
+def test_a_run_another_process_trains_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    import socket
+    from minimfm.run_lock import LOCK
+    cfg = config(tmp_path, run_name="locked")
+    install_random_vq(cfg)
+    train(cfg, verbose=False, stop_after=3)
+    run = tmp_path / "locked"
+    assert not (run / LOCK).exists()  # released when training ends
+    log = (run / "metrics.jsonl").read_text()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / LOCK).write_text(f"{other.pid} {socket.gethostname()}\n")
+        with pytest.raises(CheckpointError, match=f"being trained by process {other.pid}"):
+            train(cfg, resume=True, verbose=False)
+        assert (run / "metrics.jsonl").read_text() == log and (run / LOCK).exists()  # nothing touched
+    finally:
+        other.kill()
+        other.wait()
+    train(cfg, resume=True, verbose=False)  # the holder is gone: its lock is stale
+    assert load_checkpoint(run / "ckpt.pt")["step"] == 6 and not (run / LOCK).exists()
+
+
 def test_sigkill_mid_save_leaves_previous_checkpoint(tmp_path):
     path = tmp_path / "ckpt.pt"
     save_atomic({"kind": "model", "step": 0, "w": torch.zeros(10)}, path)

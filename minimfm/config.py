@@ -269,8 +269,8 @@ PRESETS: dict[str, dict] = {
                   sample_every=0, ckpt_every=10, vq_codebook_size=32, vq_code_dim=8, vq_steps=30, ae_steps=30,
                   judge_steps=30, tokenizer_batch_size=32, eval_samples=20, eval_captions=20, limit_train=2000,
                   mask_steps=4, diffusion_steps=5),
-    # 2 CPU cores, tokenizers ~6 min once, ~9-10 min per mode (1,500 steps): MNIST prompted and caption accuracy
-    # ~0.95 (README "Time to quality"; the earlier 3,000-step length, --max-steps 3000, gave 0.98-0.99 in ~19 min)
+    # 2 CPU cores, tokenizers ~6 min once, 7.6-10 min per mode (1,500 steps): MNIST prompted accuracy 0.91-0.98,
+    # caption accuracy 0.93-0.96 (README "Time to quality"); --max-steps 3000 (15-20 min) reaches >= 0.95 on both
     "tiny": dict(),
     # ONE GPU (H100 / A100 / 4090 class), bf16 autocast, `--compile true` recommended. Expected, ESTIMATED (not yet
     # measured on a GPU): a step is 32x tiny's FLOPs (1.4 TFLOP), still small enough to be bound by kernel launches

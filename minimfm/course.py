@@ -33,7 +33,19 @@ from minimfm.train import RUN_MARKERS, run_folder, train
 # from the preset only in these is still the preset's model. max_steps is checked on its own (resume or refuse).
 NOT_TRAINED = ("preset", "run_name", "runs_dir", "data_root", "device", "threads", "max_steps", "log_every",
                "sample_every", "ckpt_every", "compile", "attention", "micro_batch_size", "eval_samples",
-               "eval_captions", "temperature", "top_k", "top_p", "cfg_scale", "mask_steps", "diffusion_steps")
+               "eval_captions", "temperature", "top_k", "top_p", "cfg_scale", "mask_steps", "diffusion_steps",
+               "init_from")  # a path, which differs between machines; course_mixed_model checks the base itself
+
+# Notebook 08's fine-tune (Transfusion §4.3: a trained model learns new tasks from a few thousand examples): the
+# course model of a mode, trained on captions, interleaved text and images and instruction edits in equal shares of
+# each batch, `task_examples` of each new task, for 40 % of the preset's steps (tiny: 600 steps, ~8-10 min on 2
+# cores). The learning rate is half the base's peak: high enough to learn the new tasks in that time, low enough
+# that the caption tasks hold (README "Mixed-modal sequences" measures both).
+MIXED_TASKS = "caption,interleaved,edit"
+MIXED_RECIPE = dict(lr=5e-4, min_lr=5e-5, warmup_steps=50)
+MIXED_STEP_FRACTION = 0.4
+MIXED_EXAMPLES = {"smoke": 500}
+NOTEBOOK_08_MODE = "mar"  # smoke limits training to 2,000 digits: fewer edits can be built; else 8,000
 
 
 def repo_root() -> Path:
@@ -148,6 +160,37 @@ def course_model(mode: str, dataset: str = "mnist", preset: str | None = None, *
     return model
 
 
+def mixed_config(mode: str, dataset: str = "mnist", preset: str | None = None, *, tasks: str = MIXED_TASKS,
+                 examples: int | None = None, **overrides) -> Config:
+    """The config of notebook 08's fine-tune of course_model(mode, **overrides): run <dataset>-<mode>-<preset>-mixed
+    (or -<tasks>-<examples> when they are not the defaults), initialised from that model's checkpoint."""
+    base = course_config(mode, dataset, preset, **overrides)
+    default = MIXED_EXAMPLES.get(base.preset, 8000)
+    examples = examples or default
+    name = f"{base.run_name or f'{dataset}-{mode}-{base.preset}'}-mixed"
+    if (tasks, examples) != (MIXED_TASKS, default):
+        name += f"-{tasks.replace(',', '-')}-{examples}"
+    steps = max(1, round(MIXED_STEP_FRACTION * base.max_steps))
+    return course_config(mode, dataset, preset, **{
+        **overrides, "run_name": name, "tasks": tasks, "task_examples": examples,
+        "init_from": str(run_folder(base) / "ckpt.pt"),
+        "max_steps": steps, **MIXED_RECIPE, "warmup_steps": min(MIXED_RECIPE["warmup_steps"], max(1, steps // 10))})
+
+
+def course_mixed_model(mode: str, dataset: str = "mnist", preset: str | None = None, *, tasks: str = MIXED_TASKS,
+                       examples: int | None = None, device: str = "auto", verbose: bool = True, **overrides):
+    """Notebook 08's model: course_model(mode, **overrides) fine-tuned on `tasks` (mixed_config), trained (the base
+    first, if it is missing), resumed or reused like course_model, and loaded in eval mode onto `device`."""
+    overrides = {"device": device.partition(":")[0], **overrides}
+    cfg = mixed_config(mode, dataset, preset, tasks=tasks, examples=examples, **overrides)
+    target = select_device(device)  # bad names and devices fail before any training
+    ensure_run(course_config(mode, dataset, preset, **overrides), verbose=verbose)  # the base
+    ckpt, _ = ensure_run(cfg, verbose=verbose)
+    model = model_from_checkpoint(ckpt, target)
+    model.cfg.data_root, model.cfg.runs_dir = cfg.data_root, cfg.runs_dir
+    return model
+
+
 def course_tokenizer(kind: str, dataset: str = "mnist", preset: str | None = None, *, verbose: bool = True,
                      **overrides) -> torch.nn.Module:
     """An image tokenizer ("vq", "latent") or the judge ("judge") under runs/tokenizers/, trained once if missing."""
@@ -168,9 +211,11 @@ class Item:
     mode: str = "ar"
     stop_after: int | None = None
     overrides: tuple = ()  # (field, value) pairs
+    mixed: bool = False  # notebook 08's fine-tune of the mode's course model (mixed_config)
 
     def config(self) -> Config:
-        return course_config(self.mode, self.dataset, self.preset, **dict(self.overrides))
+        make = mixed_config if self.mixed else course_config
+        return make(self.mode, self.dataset, self.preset, **dict(self.overrides))
 
     def path(self) -> Path:
         from minimfm.tokenizers.store import tokenizer_path
@@ -189,6 +234,9 @@ def course_items(dataset: str = "mnist", preset: str | None = None) -> list[Item
         items.append(Item("latent", "pixel-patch latents", "01", overrides=(("latent_kind", "patch"),), **common))
     items += [Item("model", f"{mode} model", chapter, mode=mode, **common)
               for mode, chapter in (("ar", "03"), ("masked", "04"), ("diffusion", "05"), ("mar", "05b"))]
+    if dataset == "mnist":  # notebook 08: one mode's mixed-modal fine-tune (the others are in the README)
+        items.append(Item("model", f"{NOTEBOOK_08_MODE} mixed-modal fine-tune", "08", mode=NOTEBOOK_08_MODE,
+                          mixed=True, **common))
     if dataset == "mnist":  # notebook 05's attention ablation: the first steps of the run, twice (same names)
         short = 10 if preset == "smoke" else 250
         for tag, extra in (("bidirectional", ()), ("causal", (("image_attention", "causal"),))):

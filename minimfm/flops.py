@@ -24,7 +24,9 @@ def matmul_parameters(model: nn.Module) -> int:
 
 
 def step_flops(model, batch_size: int) -> float:
-    """Training FLOPs of one optimiser step (forward + backward) of a MultimodalModel; see the module docstring."""
+    """Training FLOPs of one optimiser step (forward + backward) of a MultimodalModel on caption rows (one image per
+    row, model.layout's length T); see the module docstring. Mixed rows (--tasks interleaved, edit) are longer and
+    ragged, so this undercounts them: the comparisons that use it train captions only."""
     T, cfg = model.layout.length, model.cfg
     backbone = batch_size * T * (6 * matmul_parameters(model) + 12 * cfg.n_layer * cfg.d_model * T)
     return backbone + model.extra_step_flops(batch_size)

@@ -24,11 +24,9 @@ What is reused and what is recomputed:
   ([T2I]? [BOS] [BOI], 2-3 positions), once per image. The finished image is read once more, clean (t = 0,
   nothing masked), because the sampler's last pass saw it noisy or partly masked (ar's passes saw the same
   codes and could be kept; one pass of N positions is not worth a second code path).
-- A later step needs: training with per-image timesteps / noise (diffusion: one t per sequence today, shared by
-  its images), per-image mask ratios (masked, mar) and per-image predictor offsets (ar), so the model has seen
-  a clean earlier image beside the one being generated; until then a sequence longer than training's is out of
-  distribution. Batched decoding (rows in lockstep, per-row positions, idle rows masked) would replace the
-  one-row loop here.
+- Training matches this: every image of a row has its own timestep / mask ratio / predictor offset
+  (minimfm/segments.py), so the model has seen a clean earlier image beside the one being generated. Not done:
+  batched decoding (rows in lockstep, per-row positions, idle rows masked); the loop runs one row at a time.
 """
 from __future__ import annotations
 

@@ -8,13 +8,18 @@ templates, chosen so that every segment the model produces has an answer a judge
 check (▣ drawn by the model, ▢ given, «…» written by the model, the rest given):
 
     then      "<caption a>,"  ▣ a  "then <caption b>"  ▣ b                          (labels a != b)
-    next      ▢ a  "this is a(n) <word a>, now draw the next digit"  ▣ (a + 1) mod 10
+    next      "this is a(n) <word a>"  ▢ a  "now draw the next digit"  ▣ (a + 1) mod 10
     captions  ▢ a  «<caption a>»  ▣ b  «<caption b>»                                 (labels a != b)
 
-`DRAWN`, `NAMED` and `WRITES` below say so per template. The "next" text is the user's instruction, given: a
-model asked to write it after an image could not know that this, and not a caption, was wanted. The second
-image of "captions" is drawn with no digit asked for (so it is not scored by image accuracy), and the caption
-the model then writes is the check of "text written after a generated image names its digit".
+`DRAWN`, `NAMED` and `WRITES` below say so per template. No two templates (nor a caption row, nor an edit) open
+alike, because what comes after an opening is what the model learns to write there: "next" first opened with its
+image too, and a model asked to caption an image wrote "this is a one, now draw the next digit" (the one text that
+always follows an image in "next" rows) and then [EOS] after the image it drew (masked mode, first run of this
+layout: text after a drawn image 0.015). The "next" texts are the user's instruction, given. The second image of
+"captions" is drawn with no digit asked for (so it is not scored by image accuracy), and the caption the model then
+writes is the check of "text written after a generated image names its digit". In training that image is READ
+(`LEARNED`): a caption learnt after a fully noised or masked image learns to guess, and the drawing of a second
+image is what "then" and "next" teach.
 
 Each segment carries what it must have: `label` is the digit an image shows or a text names, and `attributes`
 what is asked of it. For an image, the attributes the text before it names (data.mentioned_attributes; the
@@ -38,6 +43,7 @@ TEMPLATES = ("then", "next", "captions")
 DRAWN = {"then": (True, True), "next": (False, True), "captions": (False, True)}   # per image: the model draws it
 NAMED = {"then": (True, True), "next": (False, True), "captions": (False, False)}  # per image: its text names it
 WRITES = {"then": False, "next": False, "captions": True}  # the model writes the texts after the first image
+LEARNED = {"then": (True, True), "next": (False, True), "captions": (False, False)}  # per image: trained as drawn
 INTERLEAVED_WORDS_V1 = ("then", "this", "is", "an", "now", "draw", "next")
 
 
@@ -87,9 +93,8 @@ def _make(template: str, a: int, b: int, images, labels, attrs, caption_seed: in
                 Segment("text", lb, named_b, text="then " + cap_b), _image(images, labels, b, named_b)]
     elif template == "next":
         article = "an" if la == 8 else "a"
-        segs = [_image(images, labels, a, {}),
-                Segment("text", la, {}, text=f"this is {article} {MNIST_WORDS[la]}, now draw the next digit"),
-                _image(images, labels, b, {})]
+        segs = [Segment("text", la, {}, text=f"this is {article} {MNIST_WORDS[la]}"), _image(images, labels, a, {}),
+                Segment("text", lb, {}, text="now draw the next digit"), _image(images, labels, b, {})]
     else:  # captions: the model reads each image and writes its caption
         segs = [_image(images, labels, a, {}), Segment("text", la, named_a, text=cap_a),
                 _image(images, labels, b, {}), Segment("text", lb, named_b, text=cap_b)]

@@ -8,7 +8,7 @@ image-to-text treatment: clean for masked modelling, at most half the noise for 
 
     caption      [T2I] [BOS] a bold three [BOI] ▣ [EOI] [EOS]            the image generated
                  [MMU] [BOS] [BOI] ▢ [EOI] a bold three [EOS]            the image read
-    interleaved  [BOS] a three, [BOI] ▣ [EOI] then a seven [BOI] ▣ ...   per template (GENERATED below)
+    interleaved  [BOS] a three, [BOI] ▣ [EOI] then a seven [BOI] ▣ ...   per template (interleaved.LEARNED)
     edit         [T2I] [BOS] make it bolder [BOI] ▢ [EOI] [BOI] ▣ [EOI] [EOS]   source read, target generated
 
 (task tokens only for the modes that use them: [T2I] when the row generates an image, else [MMU]). The edit row
@@ -32,12 +32,9 @@ from tqdm.auto import tqdm
 from minimfm.config import Config, ConfigError, parse_tasks
 from minimfm.data import CaptionedDataset
 from minimfm.edits import build_edits
-from minimfm.interleaved import DRAWN, Interleaved, build_interleaved, mixed_vocabulary
+from minimfm.interleaved import LEARNED, Interleaved, build_interleaved, mixed_vocabulary
 from minimfm.segments import IMAGE, SegmentBatch, Segments, pack, wrap
 from minimfm.tokenizers.text import TextTokenizer
-
-GENERATED = DRAWN  # which images of an interleaved template the model learns to draw (minimfm/interleaved.py)
-
 
 @dataclass
 class Example:
@@ -74,7 +71,7 @@ def interleaved_example(sample: Interleaved, tok: TextTokenizer) -> Example:
             images.append(seg.index)
         else:
             parts.append(tok.encode(seg.text))
-    return Example(parts, images, list(GENERATED[sample.template]))
+    return Example(parts, images, list(LEARNED[sample.template]))  # drawn in training (interleaved.LEARNED)
 
 
 def edit_example(instruction: list[int], source: int, target: int) -> Example:

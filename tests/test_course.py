@@ -14,7 +14,7 @@ from helpers import install_random_vq
 from minimfm.__main__ import main
 from minimfm.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from minimfm.config import ConfigError
-from minimfm.course import course_config, course_items, course_model, repo_root
+from minimfm.course import course_config, course_items, course_mixed_model, course_model, mixed_config, repo_root
 from minimfm.judge import Judge
 from minimfm.tokenizers.latent import AutoencoderLatent, PatchLatent
 from minimfm.tokenizers.training import tokenizer_to_checkpoint
@@ -161,24 +161,27 @@ def test_course_prepare_builds_every_item_then_finds_them_built(tmp_path, monkey
     monkeypatch.setenv("MINIMFM_ROOT", str(tmp_path))
     items = course_items("mnist", "smoke")
     assert [i.label for i in items if i.kind == "model"] == [
-        "ar model", "masked model", "diffusion model", "mar model",
+        "ar model", "masked model", "diffusion model", "mar model", "mar mixed-modal fine-tune",
         "diffusion, first 10 steps, bidirectional", "diffusion, first 10 steps, causal"]
     assert main(["course", "prepare", "--preset", "smoke", "--dry-run"]) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert len(listed) == len(items) + 1 and "to train 20 steps" in listed[4] and "listed 12 items" in listed[-1]
+    assert len(listed) == len(items) + 1 and "to train 20 steps" in listed[4] and "listed 13 items" in listed[-1]
     assert not (tmp_path / "runs").exists()  # a dry run builds nothing
     install_random_tokenizers(items)
     assert main(["course", "prepare", "--preset", "smoke"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line for line in lines if line.startswith("[")][4].startswith("[5/12] ar model (mnist, smoke; notebook 03)"
+    assert [line for line in lines if line.startswith("[")][4].startswith("[5/13] ar model (mnist, smoke; notebook 03)"
                                                                            ": trained 20 steps in")
-    assert lines[-1].startswith("course ready: 12 items in")
+    assert lines[-1].startswith("course ready: 13 items in")
     for item in items:
         assert item.path().is_file(), item.label
     assert load_checkpoint(tmp_path / "runs" / "mnist-diffusion-smoke-causal-first10" / "ckpt.pt")["config"][
         "image_attention"] == "causal"
+    mixed = load_checkpoint(tmp_path / "runs" / "mnist-mar-smoke-mixed" / "ckpt.pt")["config"]
+    assert (mixed["tasks"], mixed["max_steps"], mixed["init_from"]) == (
+        "caption,interleaved,edit", 8, str(tmp_path.resolve() / "runs" / "mnist-mar-smoke" / "ckpt.pt"))
     assert main(["course", "prepare", "--preset", "smoke"]) == 0
-    assert sum(": cached in" in line for line in capsys.readouterr().out.splitlines()) == 12
+    assert sum(": cached in" in line for line in capsys.readouterr().out.splitlines()) == 13
 
 
 @needs_mnist
@@ -205,3 +208,21 @@ def test_a_bad_course_flag_is_one_line(argv, pattern, capsys):
         main(argv)
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and pattern in err, err
+
+
+@needs_mnist
+def test_the_mixed_model_is_the_course_models_fine_tune_trained_once(runs, calls):
+    cfg = mixed_config("ar", **{k: v for k, v in small(runs).items() if k != "verbose"})
+    assert (cfg.run_name, cfg.init_from) == ("mnist-ar-smoke-mixed", str(runs / "mnist-ar-smoke" / "ckpt.pt"))
+    assert cfg.task_examples == 500  # the smoke preset's 2,000 digits
+    assert cfg.max_steps == round(0.4 * SMALL["max_steps"]) and cfg.tasks == "caption,interleaved,edit"
+    model = course_mixed_model("ar", **small(runs), examples=40)  # the base is trained first: it was missing
+    assert [c.get("stop_after") for c in calls] == [6, 2] and "make" in model.tok.index  # the grown vocabulary
+    assert not model.training
+    course_mixed_model("ar", **small(runs), examples=40)  # both finished: loaded, nothing trained
+    assert len(calls) == 2
+    other = mixed_config("ar", tasks="caption,edit", examples=1000, **{k: v for k, v in small(runs).items()
+                                                                         if k != "verbose"})
+    assert other.run_name == "mnist-ar-smoke-mixed-caption-edit-1000" and other.task_examples == 1000
+    assert mixed_config("ar", run_name="mine", **{k: v for k, v in small(runs).items() if k != "verbose"}
+                        ).init_from == str(runs / "mine" / "ckpt.pt")  # the fine-tune of the base named so

@@ -6,7 +6,7 @@ from minimfm.data import MNIST_WORDS, CaptionedDataset, attributes, mentioned_at
 from minimfm.interleaved import INTERLEAVED_WORDS_V1, TEMPLATES, build_interleaved, mixed_vocabulary
 from minimfm.tokenizers.text import TextTokenizer
 
-KINDS = {"then": ["text", "image", "text", "image"], "next": ["image", "text", "image"],
+KINDS = {"then": ["text", "image", "text", "image"], "next": ["text", "image", "text", "image"],
          "captions": ["image", "text", "image", "text"]}
 
 
@@ -30,6 +30,17 @@ def test_every_template_appears_with_its_layout():
     for s in samples:
         assert [g.kind for g in s.segments] == KINDS[s.template]
         assert all((g.image is None) == (g.kind == "text") for g in s.segments)
+
+
+def test_no_two_templates_open_alike():
+    """What follows an opening is what the model learns to write there, so "next" must not open like "captions"
+    (an image first), nor an edit (its instruction) or a caption row (a caption, no comma) like either."""
+    from minimfm.edits import INSTRUCTIONS
+    for s in build_interleaved(*fake_digits(), n=30, seed=1):
+        first = s.segments[0].text if s.segments[0].kind == "text" else ""  # the text before the first image
+        assert (first.endswith(","), first.startswith("this is "), first == "") == tuple(
+            s.template == t for t in TEMPLATES), (s.template, first)
+    assert not any(i.endswith(",") or i.startswith("this is") or not i for i in INSTRUCTIONS)
 
 
 def test_deterministic_from_the_seed():
@@ -73,11 +84,14 @@ def test_labels_and_attributes_match_the_digits_used(split):
             real = attributes("mnist", g.image)[0]
             assert {k: real[k] for k in g.attributes} == g.attributes  # what is asked, the real digit has
         for g in texts:  # a text names its digit and states exactly its attributes
+            if g.text == "now draw the next digit":
+                continue  # names it through the digit before it
             words = TextTokenizer.split(g.text)
             assert MNIST_WORDS[g.label] in words or str(g.label) in words
             assert mentioned_attributes(g.text, "mnist") == g.attributes
         if s.template == "next":
             assert imgs[1].label == (imgs[0].label + 1) % 10 and texts[0].label == imgs[0].label
+            assert texts[1].text == "now draw the next digit" and texts[1].label == imgs[1].label
         else:
             assert imgs[0].label != imgs[1].label
             assert all(t.label == i.label for t, i in zip(texts, imgs))  # in order: text k is about image k

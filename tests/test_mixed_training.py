@@ -302,6 +302,9 @@ def test_mixed_batches_hold_every_task_with_its_images():
     first_edit = data.examples["edit"]
     assert data.reps[first_edit[0].images[1]].shape == (model.n_image,) and len(data.reps) == 64 + 30
     assert data.batch(3, cfg)[0].rows == mb.rows != data.batch(4, cfg)[0].rows  # a function of the step
+    from minimfm.interleaved import LEARNED, TEMPLATES  # templates in turn; "captions" reads both its images
+    assert [e.generate for e in data.examples["interleaved"][:3]] == [[True, True], [False, True], [False, False]]
+    assert [list(LEARNED[t]) for t in TEMPLATES] == [e.generate for e in data.examples["interleaved"][:3]]
 
 
 @needs_mnist

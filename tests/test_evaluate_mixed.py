@@ -76,6 +76,27 @@ def mixed_model(mode="ar"):
     return build_model(cfg, tiny_vq(cfg), TextTokenizer(mixed_vocabulary("mnist"))).eval()
 
 
+@needs_mnist
+def test_the_runner_opens_each_template_as_training_does(test_split, monkeypatch):
+    """The first token fed is the task token training opened that template's rows with ([MMU] for "captions",
+    whose images training reads; a first run fed [T2I] there and the model wrote nothing: text 0.04)."""
+    from minimfm.generate import Context
+    from minimfm.mixed_data import interleaved_example
+    images, labels = test_split
+    model, judge = mixed_model("masked"), Judge(1).eval()
+    assert model.task_tokens
+    fed, feed = [], Context.feed_text
+    monkeypatch.setattr(Context, "feed_text", lambda self, ids: (fed.append(list(ids)), feed(self, ids))[1])
+    openings = []
+    for s in build_interleaved(images, labels, 3, seed=0):  # then, next, captions
+        fed.clear()
+        run_interleaved(model, judge, s)
+        openings.append(fed[0][:2])
+        assert fed[0][:2] == interleaved_example(s, model.tok).segments(model.tok, True)[0][:2]
+    tok = model.tok
+    assert openings == [[tok.t2i_id, tok.bos_id], [tok.t2i_id, tok.bos_id], [tok.mmu_id, tok.bos_id]]
+
+
 def test_a_caption_vocabulary_is_refused_in_one_line():
     from helpers import tiny_model
     with pytest.raises(ValueError, match="vocabulary lacks 'make': it was not trained on interleaved"):

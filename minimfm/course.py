@@ -39,13 +39,14 @@ NOT_TRAINED = ("preset", "run_name", "runs_dir", "data_root", "device", "threads
 # Notebook 08's fine-tune (Transfusion §4.3: a trained model learns new tasks from a few thousand examples): the
 # course model of a mode, trained on captions, interleaved text and images and instruction edits in equal shares of
 # each batch, `task_examples` of each new task, for 40 % of the preset's steps (tiny: 600 steps, ~8-10 min on 2
-# cores). The learning rate is half the base's peak: high enough to learn the new tasks in that time, low enough
-# that the caption tasks hold (README "Mixed-modal sequences" measures both).
+# cores). The learning rate is half the base's peak: chosen to learn the new tasks in that time while the
+# caption tasks hold (README "Mixed-modal sequences" measures both: they hold for masked and diffusion, not for ar).
 MIXED_TASKS = "caption,interleaved,edit"
 MIXED_RECIPE = dict(lr=5e-4, min_lr=5e-5, warmup_steps=50)
 MIXED_STEP_FRACTION = 0.4
-MIXED_EXAMPLES = {"smoke": 500}
-NOTEBOOK_08_MODE = "mar"  # smoke limits training to 2,000 digits: fewer edits can be built; else 8,000
+MIXED_EXAMPLES = {"smoke": 500}  # smoke limits training to 2,000 digits: fewer edits can be built; else 8,000
+NOTEBOOK_08_MODE = "masked"  # the fine-tune that held its single-task quality and drew the clearest images (README)
+CURVE_MODE = "mar"  # the mode whose 1k / 4k / 8k curve is committed (results/mixed-tiny/edit-curve-mar-*.json)
 
 
 def repo_root() -> Path:

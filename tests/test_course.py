@@ -161,7 +161,7 @@ def test_course_prepare_builds_every_item_then_finds_them_built(tmp_path, monkey
     monkeypatch.setenv("MINIMFM_ROOT", str(tmp_path))
     items = course_items("mnist", "smoke")
     assert [i.label for i in items if i.kind == "model"] == [
-        "ar model", "masked model", "diffusion model", "mar model", "mar mixed-modal fine-tune",
+        "ar model", "masked model", "diffusion model", "mar model", "masked mixed-modal fine-tune",
         "diffusion, first 10 steps, bidirectional", "diffusion, first 10 steps, causal"]
     assert main(["course", "prepare", "--preset", "smoke", "--dry-run"]) == 0
     listed = capsys.readouterr().out.splitlines()
@@ -177,9 +177,9 @@ def test_course_prepare_builds_every_item_then_finds_them_built(tmp_path, monkey
         assert item.path().is_file(), item.label
     assert load_checkpoint(tmp_path / "runs" / "mnist-diffusion-smoke-causal-first10" / "ckpt.pt")["config"][
         "image_attention"] == "causal"
-    mixed = load_checkpoint(tmp_path / "runs" / "mnist-mar-smoke-mixed" / "ckpt.pt")["config"]
+    mixed = load_checkpoint(tmp_path / "runs" / "mnist-masked-smoke-mixed" / "ckpt.pt")["config"]
     assert (mixed["tasks"], mixed["max_steps"], mixed["init_from"]) == (
-        "caption,interleaved,edit", 8, str(tmp_path.resolve() / "runs" / "mnist-mar-smoke" / "ckpt.pt"))
+        "caption,interleaved,edit", 8, str(tmp_path.resolve() / "runs" / "mnist-masked-smoke" / "ckpt.pt"))
     assert main(["course", "prepare", "--preset", "smoke"]) == 0
     assert sum(": cached in" in line for line in capsys.readouterr().out.splitlines()) == 13
 

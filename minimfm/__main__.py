@@ -197,15 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="interleaved text and images from a prompt: the model decides when an "
                                         "image comes ([BOI]) and what it writes after it")
     p.add_argument("--ckpt", required=True, help="RUN/ckpt.pt")
-    p.add_argument("--prompt", required=True, help="known text to continue, e.g. 'a three, then a seven'; special "
-                                                   "tokens may be written ('a three [BOI]' asks for the image at once)")
+    p.add_argument("--prompt", required=True, help="known text the model continues, e.g. 'a bold three,'; a "
+                   "[BOI] in it asks for an image there, the text after it given too ('a three, [BOI] then a "
+                   "seven [BOI]')")
     p.add_argument("--out", default="generated.png",
                    help="OUT.png: one strip per sequence, the text beside the images; OUT.pt beside it holds the "
                         "texts and images (neither ever over the checkpoint)")
     p.add_argument("--n", type=whole(1, MAX_SEQUENCES), default=1,
                    help=f"sequences, seeds --seed, --seed + 1, ... (1 to {MAX_SEQUENCES})")
     p.add_argument("--max-tokens", type=whole(0, 256), default=48, help="text tokens the model may choose (0 to 256)")
-    p.add_argument("--max-images", type=whole(0, 16), default=4, help="images it may draw (0 to 16)")
+    p.add_argument("--max-images", type=whole(0, 16), default=4, help="images in a sequence after which the model may not choose [BOI] "
+                   "again (0 to 16; a [BOI] written in --prompt is always drawn)")
     add_sampling_flags(p, steps_help)
 
     p = sub.add_parser("edit", help="edit an image by instruction ('make it bolder'): needs a model fine-tuned "

@@ -202,9 +202,8 @@ def sample(args) -> int:
 def check_prompt(model, prompt: str) -> list[int]:
     """`generate --prompt` as the loop will read it ([T2I]? [BOS] ...), refused in one line before any work:
     an unknown word (named with the closest known ones), a misplaced special token, a prompt over MAX_PROMPT."""
-    from minimfm.generate import encode_prompt
+    from minimfm.generate import check_prompt, encode_prompt
     from minimfm.interleaved import INTERLEAVED_WORDS_V1
-    from minimfm.segments import check
     from minimfm.tokenizers.text import SPECIAL_TOKENS
     text = " ".join(w for w in prompt.split() if w not in SPECIAL_TOKENS)
     lacks = [w for w in dict.fromkeys(model.tok.split(text)) if w not in model.tok.index and w in INTERLEAVED_WORDS_V1]
@@ -217,7 +216,7 @@ def check_prompt(model, prompt: str) -> list[int]:
     if len(ids) > MAX_PROMPT:
         raise ConfigError(f"--prompt: {len(ids)} tokens; at most {MAX_PROMPT} are read")
     try:
-        check([ids], model.tok)
+        check_prompt([ids], model.tok)
     except ValueError as e:
         raise ConfigError(f"--prompt '{shorten(prompt)}': {str(e).removeprefix('sequence: ')}") from None
     if ids[-1] == model.tok.eos_id:

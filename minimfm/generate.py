@@ -148,15 +148,37 @@ def edit_prompt(model, instruction: list[int]) -> Segments:
     return [task + [tok.bos_id] + list(instruction) + [tok.boi_id], IMAGE, [tok.eoi_id, tok.boi_id]]
 
 
+def _given_chunks(ids, boi: int) -> list[list[int]]:
+    """[a, b, BOI, c, BOI, d] -> [[a, b, BOI], [c, BOI], [d]]: given text cut after each [BOI] ([] stays [[]])."""
+    chunks, current = [], []
+    for t in ids:
+        current.append(int(t))
+        if t == boi:
+            chunks.append(current)
+            current = []
+    return chunks + [current] if current or not chunks else chunks
+
+
+def check_prompt(prompt: Segments, tok) -> None:
+    """segments.check for a prompt, where a [BOI] inside its last text asks for an image there (decode): ValueError
+    unless the prompt, with each such image in place and its forced [EOI], is a well-formed sequence."""
+    text_tail = bool(prompt) and prompt[-1] is not IMAGE
+    given = _given_chunks(prompt[-1], tok.boi_id) if text_tail else []
+    check(list(prompt[:-1] if text_tail else prompt) + given[:1] +  # each image to draw as if it were there
+          [part for chunk in given[1:] for part in (IMAGE, [tok.eoi_id] + chunk)], tok)
+
+
 def decode(ctx, prompt: Segments, known: list[torch.Tensor] = (), *, max_tokens: int = 48, max_images: int = 4,
            temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
            generator: torch.Generator | None = None) -> Generation:
     """The loop on a context: read the prompt (text segments, IMAGE for each of `known`), then choose text and draw
-    images until [EOS] or `max_tokens` chosen ids. A prompt ending in [BOI] asks for an image at once."""
+    images until [EOS] or `max_tokens` chosen ids. A [BOI] in the prompt's last text asks for an image there: the
+    mode draws it, [EOI] follows, and the given text after it is read before the model chooses again ("a three,
+    [BOI] then a seven [BOI]": the `then` template, its requests given, its images drawn)."""
     tok, out, known = ctx.tok, Generation(), list(known)
     generator = generator or torch.Generator().manual_seed(0)
     banned = [tok.pad_id, tok.bos_id, tok.eoi_id, tok.mask_id, tok.t2i_id, tok.mmu_id]  # never follow text
-    check(prompt, tok)  # [BOI] before each image, [EOI] after it, neither anywhere else
+    check_prompt(prompt, tok)
     pending: list[int] = []
     for seg in prompt:  # known text and images: read, nothing chosen
         if seg is IMAGE:
@@ -177,6 +199,8 @@ def decode(ctx, prompt: Segments, known: list[torch.Tensor] = (), *, max_tokens:
     if not pending or pending[-1] == tok.eos_id:
         raise ValueError("the prompt must end in text, [BOI] or a known image, not be empty or end in [EOS]")
     n_images = out.segments.count(IMAGE)
+    given = _given_chunks(pending, tok.boi_id)  # the prompt's tail, cut after each [BOI]: read between images
+    pending = given.pop(0)
     while True:
         ctx.feed_text(pending)
         out.segments[-1] += pending
@@ -187,7 +211,7 @@ def decode(ctx, prompt: Segments, known: list[torch.Tensor] = (), *, max_tokens:
             out.images.append(rep)
             out.segments += [IMAGE, []]
             n_images += 1
-            pending = [tok.eoi_id]  # forced: the image has exactly N positions
+            pending = [tok.eoi_id] + (given.pop(0) if given else [])  # [EOI] forced: an image has N positions
             continue
         if pending[-1] == tok.eos_id or len(out.chosen) >= max_tokens:
             break

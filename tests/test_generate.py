@@ -77,6 +77,21 @@ def test_max_images_and_where_each_image_is_drawn():
     assert g.segments.count(IMAGE) == 2 and len(g.images) == 2 and g.drawn == [0, 1]
 
 
+def test_a_boi_inside_the_prompt_draws_there_and_the_given_text_goes_on():
+    # "a three, [BOI] the number seven [BOI]": two requests given, both images drawn, then [EOS] chosen
+    ctx = Scripted([[EOS]])
+    prompt = [BOS, w("a"), w("three"), w(","), BOI, w("the"), w("number"), w("seven"), BOI]
+    g = decode(ctx, [prompt])
+    assert kinds(ctx) == ["text", "draw", "image", "text", "draw", "image", "text", "text"]
+    assert ctx.events[3] == ("text", [EOI, w("the"), w("number"), w("seven"), BOI])  # given, read in one pass
+    assert [e[1] for e in ctx.events if e[0] == "draw"] == [5, 5 + 3 + 5]
+    assert g.chosen == [EOS] and g.drawn == [0, 1]  # nothing chosen before the end: every [BOI] was given
+    assert g.segments == [prompt[:5], IMAGE, [EOI] + prompt[5:], IMAGE, [EOI, EOS]]
+    check(g.segments, tok)
+    g = decode(Scripted([[w("thin")], [EOS]]), [[BOS, w("a"), BOI, w("the")]])  # given text after, then chosen
+    assert g.chosen == [w("thin"), EOS] and g.segments[-1] == [EOI, w("the"), w("thin"), EOS]
+
+
 def test_known_images_are_read_not_drawn():
     known = torch.arange(3)
     ctx = Scripted([[BOI], [EOS]])
@@ -94,6 +109,8 @@ def test_known_images_are_read_not_drawn():
     ([[BOS, w("a"), EOS]], [], "must end in text"),
     ([[BOS], IMAGE], [torch.zeros(3)], "does not follow a \\[BOI\\]"),
     ([[BOS, w("a"), EOI]], [], "does not follow an image"),
+    ([[BOS, w("a"), BOI, EOI, w("one")]], [], "does not follow an image"),  # [EOI] is forced, never given
+    ([[BOS, BOI, w("a")], [w("one")]], [], "not followed by an image"),  # a [BOI] to draw at is in the last text
 ])
 def test_bad_prompts_get_one_line_errors(prompt, known, message):
     with pytest.raises(ValueError, match=message):

@@ -155,8 +155,13 @@ def course_model(mode: str, dataset: str = "mnist", preset: str | None = None, *
     image_attention, ...). `overwrite=True` retrains from scratch, replacing the run folder."""
     cfg = course_config(mode, dataset, preset, **{"device": device.partition(":")[0], **overrides})
     target = select_device(device)  # a bad or missing device fails before any training
-    ckpt, _ = ensure_run(cfg, stop_after=stop_after, overwrite=overwrite, verbose=verbose)
-    model = model_from_checkpoint(ckpt, target)
+    return _trained_model(cfg, target, stop_after=stop_after, overwrite=overwrite, verbose=verbose)
+
+
+def _trained_model(cfg: Config, device, **ensure):
+    """ensure_run(cfg), then its checkpoint's model in eval mode on `device`, reading data and runs where cfg does."""
+    ckpt, _ = ensure_run(cfg, **ensure)
+    model = model_from_checkpoint(ckpt, device)
     model.cfg.data_root, model.cfg.runs_dir = cfg.data_root, cfg.runs_dir  # the checkpoint stores where it was trained
     return model
 
@@ -186,10 +191,7 @@ def course_mixed_model(mode: str, dataset: str = "mnist", preset: str | None = N
     cfg = mixed_config(mode, dataset, preset, tasks=tasks, examples=examples, **overrides)
     target = select_device(device)  # bad names and devices fail before any training
     ensure_run(course_config(mode, dataset, preset, **overrides), verbose=verbose)  # the base
-    ckpt, _ = ensure_run(cfg, verbose=verbose)
-    model = model_from_checkpoint(ckpt, target)
-    model.cfg.data_root, model.cfg.runs_dir = cfg.data_root, cfg.runs_dir
-    return model
+    return _trained_model(cfg, target, verbose=verbose)
 
 
 def course_tokenizer(kind: str, dataset: str = "mnist", preset: str | None = None, *, verbose: bool = True,

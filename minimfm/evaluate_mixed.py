@@ -34,7 +34,8 @@ from minimfm.data import load_images
 from minimfm.edits import build_edits, edit_effect
 from minimfm.evaluate import caption_class
 from minimfm.generate import Context, edit_prompt, generate
-from minimfm.interleaved import DRAWN, LEARNED, NAMED, TEMPLATES, WRITES, build_interleaved, mixed_vocabulary
+from minimfm.interleaved import DRAWN, NAMED, TEMPLATES, WRITES, build_interleaved, mixed_vocabulary
+from minimfm.mixed_data import interleaved_example
 from minimfm.tokenizers.text import SPECIAL_TOKENS
 
 WRITTEN_MAX = 16  # words a written text may take before it is cut (a caption is at most ~10)
@@ -129,9 +130,9 @@ def run_interleaved(model, judge, sample, *, cfg_scale=None, steps=None, seed=0)
     tok, template = model.tok, sample.template
     drawn, named = iter(DRAWN[template]), iter(NAMED[template])
     ctx = Context(model, cfg_scale=cfg_scale, steps=steps, generator=torch.Generator(model.device).manual_seed(seed))
-    # the task token training opened this template's rows with (mixed_data.Example): [MMU] for "captions", whose
-    # images are read in training; another token here would be a sequence the model never saw
-    task = [] if not model.task_tokens else [tok.t2i_id if any(LEARNED[template]) else tok.mmu_id]
+    # open the row as training does (mixed_data.Example: [MMU] for "captions", whose images training reads): another
+    # task token here would be a sequence the model never saw
+    task = interleaved_example(sample, tok).segments(tok, True)[0][:1] if model.task_tokens else []
     pending, record, pictures = task + [tok.bos_id], {"template": template, "images": [], "texts": []}, []
     previous, previous_drawn = None, False  # the digit of the image just read (judged when drawn)
     for seg in sample.segments:

@@ -53,10 +53,12 @@ class Config:
     caption_dropout: float = _f(0.1, "probability of dropping the caption of a text-to-image sequence (for CFG)")
     text_loss_weight: float = _f(1.0, "weight of the next-token loss on text positions")
     image_loss_weight: float = _f(1.0, "weight λ of the image loss (Transfusion uses 5 for diffusion)")
-    tasks: str = _f("caption", "training tasks, comma-separated, the rows of a batch split evenly among them: "
+    tasks: str = _f("caption", "training tasks, comma-separated, the rows of a batch split among them (--task-weights): "
                                "caption (one caption and one image, either order), interleaved (text and MNIST digits "
                                "in turn, minimfm/interleaved.py), edit (digit, instruction, edited digit, "
                                "minimfm/edits.py); e.g. caption,interleaved,edit")
+    task_weights: str = _f("", "each task's share of a batch's rows, comma-separated whole numbers in --tasks order "
+                               "(e.g. 1,1,2 gives edit half the rows of caption,interleaved,edit); empty: equal")
     task_examples: int = _f(8000, "examples built for each of the interleaved and edit tasks (Transfusion §4.3 "
                                   "fine-tunes on ~8k edits)")
     init_from: str = _f("", "model checkpoint whose weights a new run starts from, its text vocabulary grown by the "
@@ -163,6 +165,7 @@ class Config:
         if parse_tasks(self.tasks, self.dataset) != ("caption",) and self.holdout_validation:
             raise ConfigError("--holdout-validation: trains --tasks caption only (interleaved and edit rows pick "
                               "digits from the whole training split)")
+        parse_task_weights(self.task_weights, parse_tasks(self.tasks, self.dataset))
         if self.tokenizer_downsample not in (2, 4):
             raise ConfigError(f"--tokenizer-downsample: must be 2 or 4, got {self.tokenizer_downsample}")
         if not 1 <= self.lfq_bits <= 16:
@@ -246,6 +249,17 @@ def parse_tasks(text: str, dataset: str = "mnist") -> tuple[str, ...]:
         raise ConfigError(f"--tasks: interleaved and edit are built from MNIST digits; --dataset {dataset} trains "
                           f"caption only")
     return tasks
+
+
+def parse_task_weights(text: str, tasks: tuple[str, ...]) -> tuple[int, ...]:
+    """'1,1,2' -> (1, 1, 2), one whole number >= 1 per task; '' -> equal shares."""
+    if not text.strip():
+        return (1,) * len(tasks)
+    items = [t.strip() for t in text.split(",")]
+    if not all(t.isdigit() and int(t) >= 1 for t in items) or len(items) != len(tasks):
+        raise ConfigError(f"--task-weights: '{shorten(text)}' must be {len(tasks)} comma-separated whole numbers >= 1, "
+                          f"one per task of --tasks {','.join(tasks)}")
+    return tuple(int(t) for t in items)
 
 
 _NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

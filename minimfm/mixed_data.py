@@ -12,12 +12,12 @@ image-to-text treatment: clean for masked modelling, at most half the noise for 
     edit         [T2I] [BOS] make it bolder [BOI] ▢ [EOI] [BOI] ▣ [EOI] [EOS]   source read, target generated
 
 (task tokens only for the modes that use them: [T2I] when the row generates an image, else [MMU]). The edit row
-puts its instruction first so that no two tasks open alike: the "next" and "captions" templates open with an
-image, and an edit row that opened with its source image too left the model unable to tell, after that image,
-whether to write "this is a ..." or an instruction (the first mixed run wrote instructions: "next" text 0.03). Rows of a
-step are split evenly among the tasks (row r does tasks[r % n]), each task walking its own seeded permutation,
-and every draw comes from the step's generator: like train.TrainingData, a batch is a function of (seed, step),
-so resumed runs stay exact. Each micro-batch is packed ragged on its own (its longest row sets T).
+puts its instruction first so that no two tasks open alike: the "captions" template opens with an image, and an
+edit row that opened with its source image too left the model unable to tell, after that image, what to write
+(the first mixed run wrote instructions where a caption belonged). Rows of a step are split among the tasks in
+the shares --task-weights gives (equal by default), each task walking its own seeded permutation, and every draw
+comes from the step's generator: like train.TrainingData, a batch is a function of (seed, step), so resumed runs
+stay exact. Each micro-batch is packed ragged on its own (its longest row sets T).
 
 Images are encoded once, like train.TrainingData: the split (captions, interleaved digits and edit sources are
 all split images, found by index) and then the edit targets; a row holds indices into that table.
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from minimfm.config import Config, ConfigError, parse_tasks
+from minimfm.config import Config, ConfigError, parse_task_weights, parse_tasks
 from minimfm.data import CaptionedDataset
 from minimfm.edits import build_edits
 from minimfm.interleaved import LEARNED, Interleaved, build_interleaved, mixed_vocabulary
@@ -106,6 +106,10 @@ class MixedTrainingData:
 
     def __init__(self, cfg: Config, model, verbose: bool = True):
         self.tasks = parse_tasks(cfg.tasks, cfg.dataset)
+        # rows cycle through this pattern (weights 1,1,2: caption, interleaved, edit, edit), so a micro-batch of
+        # consecutive rows keeps the mix; equal weights give the plain cycle of earlier runs (resumes stay exact)
+        weights = parse_task_weights(cfg.task_weights, self.tasks)
+        self.pattern = [task for task, w in zip(self.tasks, weights) for _ in range(w)]
         self.tok, self.n_image, self.task_tokens = model.tok, model.n_image, model.task_tokens
         missing = [w for w in mixed_vocabulary(cfg.dataset) if w not in self.tok.index]
         if missing and self.tasks != ("caption",):
@@ -142,12 +146,13 @@ class MixedTrainingData:
         return self.n_split
 
     def batch(self, step: int, cfg: Config) -> tuple[MixedBatch, torch.Generator]:
-        """Step `step`'s rows (row r does task r mod n) and the step's generator, as train.TrainingData.batch."""
+        """Step `step`'s rows (row r does task pattern[r mod len(pattern)]) and the step's generator, as
+        train.TrainingData.batch."""
         B = cfg.batch_size
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         t2i = (torch.rand(B, generator=g) < cfg.t2i_ratio).tolist()  # drawn for every row: the stream does not
         drop = (torch.rand(B, generator=g) < cfg.caption_dropout).tolist()  # depend on the task mix
-        task_of = [self.tasks[r % len(self.tasks)] for r in range(B)]
+        task_of = [self.pattern[r % len(self.pattern)] for r in range(B)]
         picked = {}
         for k, task in enumerate(self.tasks):
             n = len(self.captions) if task == "caption" else len(self.examples[task])

@@ -134,8 +134,19 @@ def load_model(path: str | Path, device: str = "auto", mode: str | None = None):
 
 
 def image_tokenizer_for(cfg: Config, verbose: bool = True) -> tuple[torch.nn.Module, dict]:
-    """The frozen image tokenizer a mode needs (built once and cached), and its checkpoint dict."""
+    """The frozen image tokenizer a mode needs (built once and cached), and its checkpoint dict.
+
+    A fine-tune (--init-from) whose runs folder lacks that tokenizer takes its base's, saved into the cache: the
+    fine-tune must read images exactly as the base did, and a tokenizer trained anew here would at best be a copy
+    (minutes of training, then init_from's check that both are the same)."""
+    from minimfm.checkpoint import save_atomic
     from minimfm.tokenizers.store import get_tokenizer, tokenizer_path
     kind = image_tokenizer_kind(cfg.mode)
+    path = tokenizer_path(cfg, kind)
+    if cfg.init_from and not path.is_file():
+        base = check_model_checkpoint(load_checkpoint(cfg.init_from, kind="model", dataset=cfg.dataset),
+                                      cfg.init_from)
+        if tokenizer_path(Config.from_dict(base["config"]), kind).name == path.name:  # same settings
+            save_atomic(base["image_tokenizer"], path)
     model = get_tokenizer(cfg, kind, verbose)
-    return model, load_checkpoint(tokenizer_path(cfg, kind), kind=kind, dataset=cfg.dataset)
+    return model, load_checkpoint(path, kind=kind, dataset=cfg.dataset)

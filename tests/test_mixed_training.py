@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from conftest import DATA, needs_mnist
 from helpers import install_random_vq, tiny_config, tiny_latent_model, tiny_model, tiny_vq
 from minimfm.checkpoint import load_checkpoint, save_atomic
-from minimfm.config import ConfigError, make_config
+from minimfm.config import ConfigError, make_config, parse_task_weights
 from minimfm.edits import INSTRUCTIONS
 from minimfm.finetune import grow_vocabulary, init_from
 from minimfm.interleaved import mixed_vocabulary
@@ -277,6 +277,23 @@ def test_tasks_flag_is_checked():
         make_config("smoke", dataset="cifar10", tasks="caption,edit")
     assert text_tokenizer(make_config("smoke")).vocab == TextTokenizer.for_dataset("mnist").vocab
     assert len(text_tokenizer(make_config("smoke", tasks="edit"))) == len(mixed_vocabulary("mnist")) + 8
+    for bad in ("1,2", "1,0,1", "1,x,1", "1,1,1,1"):
+        with pytest.raises(ConfigError, match="--task-weights: .* one per task of --tasks caption,interleaved,edit"):
+            make_config("smoke", tasks="caption,interleaved,edit", task_weights=bad)
+    assert parse_task_weights("", ("caption", "edit")) == (1, 1)
+    assert parse_task_weights(" 1, 3", ("caption", "edit")) == (1, 3)
+
+
+@needs_mnist
+def test_task_weights_set_each_tasks_share_of_the_rows():
+    cfg = tiny_config("ar", tasks="caption,interleaved,edit", data_root=str(DATA), limit_train=64,
+                      task_examples=30, batch_size=8, task_weights="1,1,2")
+    model = build_model(cfg, tiny_vq(cfg), text_tokenizer(cfg))
+    data = MixedTrainingData(cfg, model, verbose=False)
+    mb, _ = data.batch(0, cfg)
+    is_edit = [model.tok.decode(row[0][1:-1]) in INSTRUCTIONS for row in mb.rows]  # an edit opens with its instruction
+    assert is_edit == [False, False, True, True] * 2  # caption, interleaved, edit, edit, ...
+    assert [len(i) for i in mb.images][::4] == [1, 1]  # the caption rows
 
 
 # ---------------------------------------------------------------------------------- data and training
@@ -359,6 +376,11 @@ def test_fine_tune_from_a_base_run_and_its_one_line_errors(tmp_path, capsys):
     fine = load_checkpoint(train(cfg, verbose=False) / "ckpt.pt")
     assert fine["text_tokenizer"]["vocab"][:len(base["text_tokenizer"]["vocab"])] == base["text_tokenizer"]["vocab"]
     assert len(fine["text_tokenizer"]["vocab"]) == len(mixed_vocabulary("mnist")) + 8
+    # in another runs folder the fine-tune reads images with its base's tokenizer, not one trained there
+    elsewhere = mixed_run_config(tmp_path / "elsewhere", run_name="edit-ft", tasks="caption,edit", max_steps=1,
+                                 init_from=str(tmp_path / "base" / "ckpt.pt"))
+    moved = load_checkpoint(train(elsewhere, verbose=False) / "ckpt.pt")
+    assert all(torch.equal(v, moved["image_tokenizer"]["state_dict"][k]) for k, v in base["image_tokenizer"]["state_dict"].items())
     smoke = ["train", "--preset", "smoke", "--runs-dir", str(tmp_path), "--data-root", str(DATA), "--limit-train",
              "64", "--vq-codebook-size", "16", "--vq-code-dim", "8", "--d-model", "32", "--n-layer", "2",
              "--n-head", "2", "--run-name", "bad"]

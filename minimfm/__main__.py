@@ -86,9 +86,10 @@ def claim_selection(text: str) -> tuple[str, ...]:
 SEED = whole(0, 2**31 - 1)
 
 
-def add_sampling_flags(p: argparse.ArgumentParser, steps_help: str) -> None:
+def add_sampling_flags(p: argparse.ArgumentParser, steps_help: str,
+                       cfg_help: str = "override the run's guidance scale (>= 0)") -> None:
     """The flags every command that samples from a checkpoint shares (sample, generate, edit)."""
-    p.add_argument("--cfg-scale", type=number(0), default=None, help="override the run's guidance scale (>= 0)")
+    p.add_argument("--cfg-scale", type=number(0), default=None, help=cfg_help)
     p.add_argument("--steps", type=whole(1, MAX_SAMPLING_STEPS), default=None, help=steps_help)
     p.add_argument("--seed", type=SEED, default=0, help="sampling seed")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
@@ -218,13 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction", required=True, help="e.g. 'make it bolder', 'move it left', 'lean it right'")
     p.add_argument("--out", required=True, help="OUT.png (one image, a plain grey PNG) or OUT.pt (never over the "
                                                 "checkpoint or the input)")
-    add_sampling_flags(p, steps_help)
+    add_sampling_flags(p, steps_help, "guidance scale (>= 0; default 1, no guidance: generate.EDIT_CFG_SCALE says "
+                                      "why edits do not use the run's)")
 
     p = sub.add_parser("evaluate", help="judge a trained model: prompted accuracy, captions, Fréchet distance")
     p.add_argument("--ckpt", required=True, help="RUN/ckpt.pt")
     p.add_argument("--out", default=None, help="write the results as JSON here (OUT.json; checked before the "
                                                "evaluation starts)")
-    p.add_argument("--cfg-scale", type=number(0), default=None, help="override the run's guidance scale (>= 0)")
+    p.add_argument("--cfg-scale", type=number(0), default=None,
+                   help="override the run's guidance scale (>= 0); --mixed edits use 1 unless it is given")
     p.add_argument("--steps", type=whole(1, MAX_SAMPLING_STEPS), default=None, help=steps_help)
     p.add_argument("--n", type=whole(1, 10_000), default=None,
                    help="generated images, 1 to 10,000 (MNIST: 8,920, a class-balanced draw of its test split; "

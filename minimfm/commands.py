@@ -279,6 +279,7 @@ def edit(args) -> int:
     a .pt (from `sample`) of several images is edited image by image into --out .pt."""
     import torch
     from minimfm.checkpoint import CheckpointError, _write_atomic, save_atomic
+    from minimfm.generate import EDIT_CFG_SCALE
     from minimfm.generate import generate as run_generation
     from minimfm.runs import load_model
     out = check_output(args.out, (".png", ".pt"), inputs=(args.ckpt, args.image))
@@ -291,7 +292,8 @@ def edit(args) -> int:
     edited = []
     for i, source in enumerate(sources):
         g = run_generation(model, prompt, [model.encode_images(source[None])[0]], max_tokens=0,
-                           cfg_scale=args.cfg_scale, seed=args.seed + i, **_sampling_kwargs(args))
+                           cfg_scale=EDIT_CFG_SCALE if args.cfg_scale is None else args.cfg_scale,
+                           seed=args.seed + i, **_sampling_kwargs(args))
         edited.append(model.decode_images(g.images[-1][None]).cpu())
     edited = torch.cat(edited).float()  # (N, C, H, W)
     if not bool(torch.isfinite(edited).all()):

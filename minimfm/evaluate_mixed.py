@@ -33,7 +33,7 @@ from minimfm.config import ConfigError, parse_tasks, shorten
 from minimfm.data import load_images
 from minimfm.edits import build_edits, edit_effect
 from minimfm.evaluate import caption_class
-from minimfm.generate import Context, edit_prompt, generate
+from minimfm.generate import EDIT_CFG_SCALE, Context, edit_prompt, generate
 from minimfm.interleaved import DRAWN, NAMED, TEMPLATES, WRITES, build_interleaved, mixed_vocabulary
 from minimfm.mixed_data import interleaved_example
 from minimfm.tokenizers.text import SPECIAL_TOKENS
@@ -176,8 +176,10 @@ def evaluate_interleaved(model, judge, images: torch.Tensor, labels: torch.Tenso
 @torch.no_grad()
 def evaluate_edits(model, judge, images: torch.Tensor, labels: torch.Tensor, n: int, *, seed: int = 0,
                    cfg_scale=None, steps=None) -> dict:
-    """n exact edit triples from (test) images through the model, scored beside the copy-the-source baseline."""
+    """n exact edit triples from (test) images through the model, scored beside the copy-the-source baseline;
+    guidance `cfg_scale`, else generate.EDIT_CFG_SCALE (not the run's: see there)."""
     check_vocabulary(model)
+    cfg_scale = EDIT_CFG_SCALE if cfg_scale is None else cfg_scale
     triples = build_edits(images, labels, n, seed=seed)
     outputs = []
     for i, t in enumerate(triples):
@@ -187,8 +189,9 @@ def evaluate_edits(model, judge, images: torch.Tensor, labels: torch.Tensor, n: 
         outputs.append(model.decode_images(g.images[-1][None]).cpu())
     sources = torch.stack([t.source for t in triples])
     targets = torch.stack([t.target for t in triples])
-    return score_edits_with_baseline(sources, targets, torch.cat(outputs), [t.instruction for t in triples],
-                                     torch.tensor([t.label for t in triples]), judge.eval())
+    scores = score_edits_with_baseline(sources, targets, torch.cat(outputs), [t.instruction for t in triples],
+                                       torch.tensor([t.label for t in triples]), judge.eval())
+    return {"cfg_scale": cfg_scale, **scores}
 
 
 # -------------------------------------------------------------------------------------------- `evaluate --mixed`
@@ -233,7 +236,7 @@ def format_mixed(mixed: dict) -> str:
                 lines.append(f"    {t:<9} image accuracy {_fmt(a)}  text consistency {_fmt(w)}")
     if "edits" in mixed:
         m, c = mixed["edits"]["model"], mixed["edits"]["copy_source"]
-        lines.append(f"  edits: {m['n_edits']} triples, identity kept {m['identity_kept']:.3f} (copy "
+        lines.append(f"  edits (guidance {mixed['edits'].get('cfg_scale', '?')}): {m['n_edits']} triples, identity kept {m['identity_kept']:.3f} (copy "
                      f"{c['identity_kept']:.3f}), moved as asked {m['moved']:.3f} (copy {c['moved']:.3f}), MSE to "
                      f"target {m['mse']:.4f} (copy {c['mse']:.4f})")
         for ins, r in m.items():

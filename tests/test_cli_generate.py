@@ -146,4 +146,4 @@ def test_evaluate_mixed_scores_edits_beside_the_copy_baseline(world, capsys, tmp
     assert "interleaved" not in json.loads(out.read_text())  # not a task this run trained
     assert edits["model"]["n_edits"] == edits["copy_source"]["n_edits"] == 5
     assert edits["copy_source"]["moved"] == 0.0  # copying moves nothing, by construction
-    assert "edits: 5 triples" in stdout
+    assert "edits (guidance 1.0): 5 triples" in stdout

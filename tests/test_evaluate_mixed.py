@@ -123,3 +123,5 @@ def test_the_runners_walk_each_template_and_score(test_split):
     assert s["n_images"] == 3 and s["n_texts"] == 2 and s["n_texts_after_drawn"] == 1 and 0 <= s["image_accuracy"] <= 1
     e = evaluate_edits(model, judge, images, labels, 2)
     assert e["model"]["n_edits"] == e["copy_source"]["n_edits"] == 2 and e["copy_source"]["moved"] == 0.0
+    assert e["cfg_scale"] == 1.0 != model.cfg.cfg_scale  # edits sample without guidance unless asked
+    assert evaluate_edits(model, judge, images, labels, 1, cfg_scale=2.5)["cfg_scale"] == 2.5

@@ -236,7 +236,8 @@ def format_mixed(mixed: dict) -> str:
                 lines.append(f"    {t:<9} image accuracy {_fmt(a)}  text consistency {_fmt(w)}")
     if "edits" in mixed:
         m, c = mixed["edits"]["model"], mixed["edits"]["copy_source"]
-        lines.append(f"  edits (guidance {mixed['edits'].get('cfg_scale', '?')}): {m['n_edits']} triples, identity kept {m['identity_kept']:.3f} (copy "
+        lines.append(f"  edits (guidance {mixed['edits']['cfg_scale']}): {m['n_edits']} triples, identity kept "
+                     f"{m['identity_kept']:.3f} (copy "
                      f"{c['identity_kept']:.3f}), moved as asked {m['moved']:.3f} (copy {c['moved']:.3f}), MSE to "
                      f"target {m['mse']:.4f} (copy {c['mse']:.4f})")
         for ins, r in m.items():

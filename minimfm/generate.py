@@ -140,7 +140,7 @@ def encode_prompt(model, prompt: str) -> list[int]:
 
 
 # Edits sample without guidance unless asked. No training row drops an edit's instruction or source, so the only
-# unconditional branch there is is the caption task's null prompt (a generic digit), and extrapolating away from
+# unconditional branch available is the caption task's null prompt (a generic digit), and extrapolating away from
 # it is not "more of the edit": on 200 edits of training digits guidance 3 -> 1 raised identity kept 0.895 -> 0.950
 # and moved 0.910 -> 0.990 (masked, trained in the mix from the start), 0.910 -> 0.935 and 0.990 -> 0.995
 # (diffusion). InstructPix2Pix's null branch (the source kept, the instruction dropped) would need edit rows

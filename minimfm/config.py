@@ -116,6 +116,9 @@ class Config:
     # diffusion mode (Transfusion)
     objective: str = _f("flow", "DDPM ε-prediction (cosine schedule) or rectified flow (velocity)",
                         ("ddpm", "flow"))
+    time_sampling: str = _f("uniform", "training noise times of the flow objective: uniform in [0, 1], or "
+                                       "logit-normal (SD3: t = sigmoid(n), n ~ N(0, 1), more steps at mid noise)",
+                            ("uniform", "logit-normal"))
     patch_encoder: str = _f("linear", "image input/output layers: linear, or a small conv encoder/decoder (two 3x3 "
                                       "convs, no down/up-sampling; not Transfusion's U-Net blocks)", ("linear", "conv"))
     time_cond: str = _f("add", "timestep conditioning: added to image positions (Transfusion) or adaLN-Zero (DiT)",
@@ -168,6 +171,8 @@ class Config:
         parse_task_weights(self.task_weights, parse_tasks(self.tasks, self.dataset))
         if self.tokenizer_downsample not in (2, 4):
             raise ConfigError(f"--tokenizer-downsample: must be 2 or 4, got {self.tokenizer_downsample}")
+        if self.time_sampling != "uniform" and self.objective != "flow":
+            raise ConfigError(f"--time-sampling {self.time_sampling}: defined for --objective flow only")
         if not 1 <= self.lfq_bits <= 16:
             raise ConfigError(f"--lfq-bits: must be a whole number in [1, 16], got {self.lfq_bits}")
         levels = self.fsq_levels.replace(" ", "").split(",")

@@ -147,6 +147,28 @@ def test_i2t_noise_limit(objective, half):
     assert free[~t2i].max() > 1.8 * half
 
 
+def test_logit_normal_times_concentrate_at_mid_noise_and_keep_the_limit():
+    limit = torch.ones(20000)
+    uniform = FlowSchedule("uniform").sample_t(limit, gen(0))
+    logit = FlowSchedule("logit-normal").sample_t(limit, gen(0))
+    mid = lambda t: ((t > 0.25) & (t < 0.75)).float().mean().item()  # noqa: E731
+    assert abs(mid(uniform) - 0.5) < 0.02
+    assert abs(mid(logit) - 0.73) < 0.02  # P(|n| < logit(0.75) = 1.0986) for n ~ N(0, 1)
+    assert abs(logit.mean().item() - 0.5) < 0.01
+    half = FlowSchedule("logit-normal").sample_t(torch.full((4000,), 0.5), gen(1))
+    assert 0 < half.min() and half.max() < 0.5
+    model = tiny_model(time_sampling="logit-normal")
+    assert model.schedule.time_sampling == "logit-normal"  # the config reaches the mode
+
+
+def test_time_sampling_is_checked():
+    from minimfm.config import ConfigError, make_config
+    with pytest.raises(ConfigError, match="--time-sampling logit-normal: defined for --objective flow only"):
+        make_config("smoke", objective="ddpm", time_sampling="logit-normal")
+    with pytest.raises(ValueError, match="unknown time sampling"):
+        FlowSchedule("beta")
+
+
 # ------------------------------------------------------------------------------------------ sampling
 def count_transformer_calls(model):
     calls = []

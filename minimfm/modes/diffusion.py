@@ -82,7 +82,7 @@ class DiffusionModel(MultimodalModel):
         self.patch_in = patches(d, D, self.grid)
         self.patch_out = patches(D, d, self.grid, zero=True)
         self.time_emb = TimestepEmbedding(D)
-        self.schedule = make_schedule(cfg.objective)  # plain math, no weights: nothing to save
+        self.schedule = make_schedule(cfg.objective, cfg.time_sampling)  # plain math, no weights: nothing to save
 
     def uses_adaln(self) -> bool:
         return self.cfg.time_cond == "adaln"

@@ -100,7 +100,7 @@ class MARModel(MultimodalModel):
         self.head = DiffusionHead(d, D, width=D)
         init_weights(self.token_in)
         init_weights(self.mask_emb)
-        self.schedule = make_schedule(cfg.objective)  # the head's noise schedule (plain math, nothing to save)
+        self.schedule = make_schedule(cfg.objective, cfg.time_sampling)  # the head's noise schedule (plain math, nothing to save)
         self.last_order: torch.Tensor | None = None  # (B, N) step at which each token was revealed, -1 = known
 
     @property

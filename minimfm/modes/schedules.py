@@ -137,13 +137,26 @@ class DDPMSchedule:
 
 
 class FlowSchedule:
-    """Rectified flow: straight path x_t = (1 − t) x0 + t ε, velocity prediction, Euler sampling."""
+    """Rectified flow: straight path x_t = (1 − t) x0 + t ε, velocity prediction, Euler sampling.
+
+    Training times are uniform, or logit-normal (Esser et al. 2024, SD3 §3.1: t = sigmoid(n), n ~ N(0, 1)), which
+    spends the steps at mid noise, where the velocity is hardest to predict: near t = 0 the best guess is about −x_t
+    (ε is unseen), near t = 1 about x_t minus the data mean, both nearly free."""
 
     samplers = ("euler",)
+    time_samplings = ("uniform", "logit-normal")
+
+    def __init__(self, time_sampling: str = "uniform"):
+        if time_sampling not in self.time_samplings:
+            raise ValueError(f"unknown time sampling '{time_sampling}', choose {', '.join(self.time_samplings)}")
+        self.time_sampling = time_sampling
 
     def sample_t(self, limit: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """(B,) times uniform in [0, limit); limit (B,) in (0, 1]."""
-        u = torch.rand(limit.shape, generator=generator, device=generator.device)
+        """(B,) times in [0, limit), uniform or logit-normal; limit (B,) in (0, 1]."""
+        if self.time_sampling == "uniform":
+            u = torch.rand(limit.shape, generator=generator, device=generator.device)
+        else:
+            u = torch.sigmoid(torch.randn(limit.shape, generator=generator, device=generator.device))
         return u * limit.to(u.device)
 
     def zero_time(self, n: int, device=None) -> torch.Tensor:
@@ -172,11 +185,13 @@ class FlowSchedule:
         return x + (t_next - t) * v
 
 
-def make_schedule(objective: str) -> DDPMSchedule | FlowSchedule:
+def make_schedule(objective: str, time_sampling: str = "uniform") -> DDPMSchedule | FlowSchedule:
     if objective == "ddpm":
+        if time_sampling != "uniform":
+            raise ValueError(f"time sampling '{time_sampling}' is defined for the flow objective only")
         return DDPMSchedule()
     if objective == "flow":
-        return FlowSchedule()
+        return FlowSchedule(time_sampling)
     raise ValueError(f"unknown diffusion objective '{objective}', choose ddpm or flow")
 
 
